@@ -1,0 +1,11 @@
+"""Prefect flows: thin wrappers that wire the lm_tasks stages together.
+
+`python -m flows.<stage> [hydra overrides]` runs one stage,
+`python -m flows.lifecycle [hydra overrides]` runs them all, `-m` sweeps.
+"""
+
+import os
+
+# Before Prefect is imported: no telemetry, and the library's log lines shown in flow logs.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lm_tasks")

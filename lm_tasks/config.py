@@ -1,0 +1,320 @@
+"""The one place configuration enters the code.
+
+`load_config(overrides)` composes `conf/lifecycle.yaml` with Hydra's Compose API
+(no working-directory change), validates the result against the dataclasses
+below and returns a typed `LifecycleConfig`. The YAML files hold the defaults;
+the dataclasses hold the types and the checks. Library functions receive these
+typed sections, never a raw DictConfig.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(os.environ.get("LM_TASKS_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+ENTRY_CONFIG = "lifecycle"
+
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be composed or does not validate."""
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str
+    output_dir: str
+    data_dir: str
+    tokenizer_dir: str
+    pretrain_dir: str
+    eval_dir: str
+
+
+@dataclass
+class CleaningConfig:
+    unicode_form: str
+    min_chars: int
+    max_chars: int
+    dedup: bool
+
+    def __post_init__(self) -> None:
+        _check_choice("data.cleaning.unicode_form", self.unicode_form, ("NFC", "NFKC", "none"))
+        if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
+            raise ConfigError(
+                f"data.cleaning: need 0 <= min_chars <= max_chars and max_chars >= 1, "
+                f"got min_chars={self.min_chars}, max_chars={self.max_chars}"
+            )
+
+
+@dataclass
+class DataConfig:
+    name: str
+    source: str
+    hub_name: Optional[str]
+    hub_config: Optional[str]
+    hub_revision: Optional[str]
+    files: List[str]
+    validation_files: List[str]
+    text_column: str
+    txt_sample_by: str
+    train_split: str
+    validation_split: Optional[str]
+    val_ratio: float
+    max_rows: Optional[int]
+    num_proc: int
+    cleaning: CleaningConfig
+
+    def __post_init__(self) -> None:
+        _check_choice("data.source", self.source, ("embedded", "hub", "local"))
+        _check_choice("data.txt_sample_by", self.txt_sample_by, ("line", "paragraph", "document"))
+        if self.source == "local" and not self.files:
+            raise ConfigError(
+                "data=local needs files: pass data.files=[path/to/file.txt] "
+                "(txt, jsonl, csv or parquet; globs allowed)"
+            )
+        if self.source == "hub" and not self.hub_name:
+            raise ConfigError("data=hub needs a dataset name: pass data.hub_name=<owner/name>")
+        if not 0.0 < self.val_ratio < 1.0:
+            raise ConfigError(f"data.val_ratio must be between 0 and 1, got {self.val_ratio}")
+        if self.num_proc < 1:
+            raise ConfigError(f"data.num_proc must be >= 1, got {self.num_proc}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"data.max_rows must be >= 1 or null, got {self.max_rows}")
+
+
+@dataclass
+class TokenizerConfig:
+    name: str
+    kind: str
+    vocab_size: int
+    min_frequency: int
+    eos_token: str
+    pad_token: str
+    unk_token: str
+    extra_special_tokens: List[str]
+
+    def __post_init__(self) -> None:
+        _check_choice("tokenizer.kind", self.kind, ("bpe", "wordpiece", "unigram"))
+        if self.vocab_size < 260 and self.kind == "bpe":
+            raise ConfigError(
+                f"tokenizer.vocab_size={self.vocab_size} is below the 256 byte symbols "
+                "plus special tokens that byte-level BPE needs"
+            )
+
+    @property
+    def special_tokens(self) -> list[str]:
+        tokens = [self.eos_token, self.pad_token, self.unk_token, *self.extra_special_tokens]
+        return list(dict.fromkeys(tokens))  # de-duplicated, order kept
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    dropout: float
+    bias: bool
+    pos_encoding: str
+
+    def __post_init__(self) -> None:
+        _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+
+
+@dataclass
+class TrainerConfig:
+    name: str
+    accelerator: str
+    devices: Any
+    strategy: str
+    num_nodes: int
+    precision: str
+    max_steps: int
+    batch_size: int
+    accumulate_grad_batches: int
+    gradient_clip_val: Optional[float]
+    val_check_interval: int
+    limit_val_batches: Any
+    log_every_n_steps: int
+    num_workers: int
+    enable_progress_bar: bool
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "accumulate_grad_batches", "val_check_interval"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class OptimConfig:
+    name: str
+    lr: float
+    min_lr: float
+    weight_decay: float
+    betas: List[float]
+    eps: float
+    warmup_steps: int
+    fused: Optional[bool]
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas needs two values, got {list(self.betas)}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+
+
+@dataclass
+class FinetuneConfig:
+    tasks: List[str]
+
+    def __post_init__(self) -> None:
+        if self.tasks:
+            raise ConfigError(
+                f"finetune.tasks={list(self.tasks)}: task fine-tuning is not part of this "
+                "release yet; the lifecycle keeps the slot for it (finetune=none)"
+            )
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int
+    max_batches: Optional[int]
+    prompts: List[str]
+    max_new_tokens: int
+    temperature: float
+    top_k: Optional[int]
+    top_p: Optional[float]
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str
+    artifact_location: str
+    experiment_name: str
+    run_name: Optional[str]
+
+
+@dataclass
+class LifecycleConfig:
+    name: str
+    seed: int
+    paths: PathsConfig
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    trainer: TrainerConfig
+    optim: OptimConfig
+    finetune: FinetuneConfig
+    eval: EvalConfig
+    tracking: TrackingConfig
+    # The resolved YAML, saved with every run (not part of the schema).
+    resolved_yaml: str = field(default="", repr=False)
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose the entry config with Hydra overrides; explain mistyped keys."""
+    overrides = list(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=ENTRY_CONFIG, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err, overrides)) from None
+    return cfg
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
+    """Compose, resolve and validate the lifecycle config."""
+    cfg = compose_config(overrides)
+    schema = OmegaConf.structured(LifecycleConfig)
+    try:
+        typed = OmegaConf.merge(schema, cfg)
+        config: LifecycleConfig = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, overrides)) from None
+    config.resolved_yaml = OmegaConf.to_yaml(cfg)
+    return config
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        hint = difflib.get_close_matches(str(value), choices, n=1)
+        did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"{key}='{value}' is not one of {', '.join(choices)}.{did_you_mean}")
+
+
+def _explain(err: Exception, overrides: list[str]) -> str:
+    """Turn Hydra/OmegaConf errors about unknown keys into a message with suggestions."""
+    message = str(err).strip()
+    cause = err.__cause__  # Hydra wraps the OmegaConf error that names the key
+    if cause is not None and str(cause) not in message:
+        message = f"{message}\n{cause}"
+    bad_key = _unknown_key(err, message)
+    if bad_key is None:
+        return message
+    reference = _reference_config(overrides)
+    parent, _, leaf = bad_key.rpartition(".")
+    node = OmegaConf.select(reference, parent) if parent else reference
+    valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    all_keys = _leaf_keys(reference)
+    near = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(leaf, valid, n=3)]
+    near += difflib.get_close_matches(bad_key, all_keys, n=3, cutoff=0.75)
+    near = list(dict.fromkeys(near))[:3]
+    lines = [f"Unknown config key '{bad_key}'."]
+    if near:
+        lines.append(f"Did you mean: {', '.join(near)}?")
+    if valid:
+        lines.append(f"Valid keys under '{parent or '<root>'}': {', '.join(valid)}")
+    return " ".join(lines)
+
+
+def _unknown_key(err: Exception, message: str) -> str | None:
+    override = re.search(r"Could not override '([\w.]+)'", message)
+    if override:
+        return override.group(1)
+    missing = re.search(r"Key '(\w+)' (?:not in|is not in struct)", message)
+    full_key = getattr(err, "full_key", None) or getattr(err.__cause__, "full_key", None)
+    if missing:
+        return str(full_key) if full_key else missing.group(1)
+    return None
+
+
+def _reference_config(overrides: list[str]) -> DictConfig:
+    """The config composed with only the group choices of `overrides` (for suggestions)."""
+    group_choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=ENTRY_CONFIG, overrides=group_choices)
+    except (HydraException, OmegaConfBaseException):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=ENTRY_CONFIG)
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            keys += _leaf_keys(value, prefix=f"{path}.")
+    return keys

@@ -1,0 +1,1 @@
+"""Data: sources, cleaning, the data stage, packed token arrays and the datamodule."""

@@ -1,0 +1,102 @@
+"""Packed token arrays: every split tokenised once into one flat memory-mapped file.
+
+Documents are concatenated with the end-of-text id between them and written as
+`<split>.bin` (uint16 when the vocabulary fits, else uint32) plus `meta.json`
+with the token and byte counts that bits-per-byte needs. Training slices blocks
+out of the memmap, so the loader does no tokenising and no per-step Python work
+beyond one slice.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from lm_tasks.artifacts import atomic_path, read_json
+
+META_FILE = "meta.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer(path: str, mtime: float) -> Tokenizer:
+    return Tokenizer.from_file(path)
+
+
+def encode_batch(batch: dict, tokenizer_path: str, tokenizer_mtime: float) -> dict:
+    tokenizer = _cached_tokenizer(tokenizer_path, tokenizer_mtime)
+    encodings = tokenizer.encode_batch(batch["text"], add_special_tokens=False)
+    return {"ids": [e.ids for e in encodings], "n_bytes": [len(t.encode("utf-8")) for t in batch["text"]]}
+
+
+def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size: int,
+               out_path: str | Path, num_proc: int = 1) -> dict:
+    """Tokenise `ds` and write its packed token stream; return counts for meta.json.
+
+    Bytes are counted as UTF-8 text plus one byte per document separator, the
+    same text the tokens encode, so loss / bytes gives honest bits per byte.
+    """
+    path = str(tokenizer_path)
+    encoded = ds.map(encode_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                     remove_columns=ds.column_names, desc=f"tokenise {Path(out_path).stem}",
+                     fn_kwargs={"tokenizer_path": path, "tokenizer_mtime": Path(path).stat().st_mtime})
+    lengths = np.fromiter((len(ids) + 1 for ids in encoded["ids"]), dtype=np.int64, count=len(encoded))
+    n_tokens = int(lengths.sum())
+    n_bytes = int(np.sum(encoded["n_bytes"])) + len(encoded)
+    dtype = token_dtype(vocab_size)
+    with atomic_path(out_path) as tmp:
+        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
+        pos = 0
+        for batch in tqdm(encoded.iter(batch_size=1024), total=-(-len(encoded) // 1024),
+                          desc=f"pack {Path(out_path).name}", leave=False):
+            for ids in batch["ids"]:
+                arr[pos:pos + len(ids)] = ids
+                arr[pos + len(ids)] = eos_id
+                pos += len(ids) + 1
+        arr.flush()
+        del arr
+    return {"tokens": n_tokens, "bytes": n_bytes, "documents": len(encoded), "dtype": dtype.name}
+
+
+def read_meta(tokens_dir: str | Path) -> dict:
+    path = Path(tokens_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No packed token arrays at {tokens_dir} ({META_FILE} missing). "
+            "Run the tokenizer stage first (python -m flows.tokenizer)."
+        )
+    return read_json(path)
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """Non-overlapping blocks of a packed token file: (input, next-token target) pairs."""
+
+    def __init__(self, path: str | Path, block_size: int, dtype: str):
+        self.path, self.block_size, self.dtype = str(path), block_size, np.dtype(dtype)
+        n_tokens = Path(path).stat().st_size // self.dtype.itemsize
+        self.n_blocks = (n_tokens - 1) // block_size
+        if self.n_blocks < 1:
+            raise ValueError(
+                f"{path} holds {n_tokens} tokens: too few for one block of {block_size} + 1. "
+                "Use more data, a larger validation split (data.val_ratio) or a smaller model.block_size."
+            )
+        self._tokens: np.memmap | None = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        start = i * self.block_size
+        chunk = torch.from_numpy(self._tokens[start:start + self.block_size + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]

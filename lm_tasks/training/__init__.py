@@ -1,0 +1,1 @@
+"""Training: the one optimizer/schedule helper, the LightningModule, the pretraining recipe."""

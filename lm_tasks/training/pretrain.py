@@ -1,0 +1,76 @@
+"""The pretraining recipe: setup -> fit -> export, callable directly from tests.
+
+Output folder (`paths.pretrain_dir`):
+    checkpoints/best.ckpt, last.ckpt   Lightning checkpoints (best by val/loss)
+    model/                             the best weights in the exported format
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+
+from lm_tasks.config import LifecycleConfig
+from lm_tasks.data.datamodule import PackedDataModule
+from lm_tasks.models.gpt import GPTConfig
+from lm_tasks.models.io import save_pretrained
+from lm_tasks.tokenizer import load_tokenizer, special_token_ids
+from lm_tasks.training.callbacks import TokensPerSecond
+from lm_tasks.training.module import CausalLMModule
+
+log = logging.getLogger(__name__)
+
+
+def model_config_for(cfg: LifecycleConfig, tokenizer_path: str | Path) -> GPTConfig:
+    """The model's vocabulary size and special ids come from the trained tokenizer."""
+    specials = special_token_ids(load_tokenizer(tokenizer_path), cfg.tokenizer)
+    fields = {k: v for k, v in asdict(cfg.model).items() if k != "name"}
+    return GPTConfig(vocab_size=specials.vocab_size, eos_id=specials.eos_id, pad_id=specials.pad_id, **fields)
+
+
+def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path,
+             out_dir: str | Path, logger: Logger | bool = False) -> dict:
+    """Train the GPT on the packed tokens; export the best weights; return a summary."""
+    out_dir = Path(out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    t = cfg.trainer
+    datamodule = PackedDataModule(tokens_dir, cfg.model.block_size, t.batch_size, t.num_workers, cfg.seed)
+    model_config = model_config_for(cfg, tokenizer_path)
+    module = CausalLMModule(model_config.to_dict(), asdict(cfg.optim), t.max_steps,
+                            datamodule.bytes_per_token("validation"))
+    n_params = module.model.num_parameters()
+    log.info("pretrain: %.2fM parameters, vocabulary %d", n_params / 1e6, model_config.vocab_size)
+
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
+                                 mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches, logger=logger,
+        callbacks=[checkpoint, TokensPerSecond(t.log_every_n_steps)],
+        enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+        default_root_dir=str(out_dir), num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    best_path = checkpoint.best_model_path or checkpoint.last_model_path
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    model_dir = save_pretrained(module.model, out_dir / "model", tokenizer_path)
+    return {
+        "best_checkpoint": best_path,
+        "model_dir": str(model_dir),
+        "parameters": n_params,
+        "steps": trainer.global_step,
+        "best_val_loss": float(checkpoint.best_model_score),
+        "last_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }

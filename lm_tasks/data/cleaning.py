@@ -97,7 +97,8 @@ def clean_dataset(ds: Dataset, cfg: CleaningConfig, num_proc: int = 1) -> tuple[
 
     if cfg.dedup:
         rows = len(ds)
-        hashes = ds.map(hash_batch, batched=True, num_proc=procs, desc="hash")["_hash"]
-        ds = ds.select(first_occurrences(hashes)).flatten_indices()
+        if rows:
+            hashes = ds.map(hash_batch, batched=True, num_proc=procs, desc="hash")["_hash"]
+            ds = ds.select(first_occurrences(hashes)).flatten_indices()
         stats.append(StepStats("exact_dedup", rows, len(ds)))
     return ds, [asdict(s) for s in stats]

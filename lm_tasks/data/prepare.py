@@ -15,13 +15,9 @@ from datasets import DatasetDict, load_from_disk
 from lm_tasks.artifacts import atomic_path, files_digest, write_json
 from lm_tasks.config import DataConfig
 from lm_tasks.data.cleaning import clean_dataset
-from lm_tasks.data.sources import load_raw
+from lm_tasks.data.sources import EmptyDataError, load_raw
 
 log = logging.getLogger(__name__)
-
-
-class EmptyDataError(ValueError):
-    """No rows are left to train or validate on."""
 
 
 def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int) -> dict:

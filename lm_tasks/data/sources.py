@@ -23,6 +23,10 @@ class DataSourceError(RuntimeError):
     """The configured data cannot be read; the message says what to change."""
 
 
+class EmptyDataError(DataSourceError, ValueError):
+    """No rows are left to train or validate on."""
+
+
 class HubUnreachableError(DataSourceError, ConnectionError):
     """The Hub could not be reached (retried as an I/O error by the flows)."""
 
@@ -67,6 +71,9 @@ def _load_local(cfg: DataConfig) -> DatasetDict:
     splits = {"train": expand_files(cfg.files, "data.files")}
     if cfg.validation_files:
         splits["validation"] = expand_files(cfg.validation_files, "data.validation_files")
+    for split, files in splits.items():
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise EmptyDataError(f"The {split} data from source '{cfg.name}' is empty: {', '.join(files)}")
     builder = _builder_for(splits)
     kwargs = {}
     if builder == "text":

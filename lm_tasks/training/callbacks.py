@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
 
+log = logging.getLogger(__name__)
 
-class TokensPerSecond(L.Callback):
-    """Logs `train/tokens_per_sec` over the last `every` steps (all devices together)."""
 
-    def __init__(self, every: int):
+class Throughput(L.Callback):
+    """Logs `train/tokens_per_sec` every `every` steps (all devices together), and a
+    progress line every `line_every` steps, readable in Prefect logs and CI output
+    where a progress bar is not."""
+
+    def __init__(self, every: int, line_every: int):
         self.every = max(1, every)
+        self.line_every = max(self.every, line_every // self.every * self.every)
         self._start: float | None = None
         self._tokens = 0
 
@@ -21,7 +27,13 @@ class TokensPerSecond(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens += batch[0].numel() * trainer.world_size
-        if trainer.global_step % self.every == 0 and self._start is not None:
-            elapsed = time.perf_counter() - self._start
-            pl_module.log("train/tokens_per_sec", self._tokens / max(elapsed, 1e-9))
+        step = trainer.global_step
+        if step % self.every == 0 and self._start is not None:
+            rate = self._tokens / max(time.perf_counter() - self._start, 1e-9)
+            pl_module.log("train/tokens_per_sec", rate)
             self._start, self._tokens = time.perf_counter(), 0
+            if step % self.line_every == 0 and trainer.is_global_zero:
+                metrics = trainer.callback_metrics
+                val = f" val/loss {float(metrics['val/loss']):.3f}" if "val/loss" in metrics else ""
+                log.info("step %d/%d  train/loss %.3f%s  %.0f tokens/s", step, trainer.max_steps,
+                         float(outputs["loss"]), val, rate)

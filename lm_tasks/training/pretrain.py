@@ -21,7 +21,7 @@ from lm_tasks.data.datamodule import PackedDataModule
 from lm_tasks.models.gpt import GPTConfig
 from lm_tasks.models.io import save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
-from lm_tasks.training.callbacks import TokensPerSecond
+from lm_tasks.training.callbacks import Throughput
 from lm_tasks.training.module import CausalLMModule
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, logger=logger,
-        callbacks=[checkpoint, TokensPerSecond(t.log_every_n_steps)],
+        callbacks=[checkpoint, Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10))],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,
     )

@@ -1,0 +1,27 @@
+"""Shared fixtures: a shrunken lifecycle config rooted in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lm_tasks.config import load_config  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@pytest.fixture
+def smoke_overrides(tmp_path: Path) -> list[str]:
+    """Overrides for a seconds-long lifecycle whose outputs and MLflow store live in tmp_path."""
+    return ["debug=smoke", f"paths.root_dir={tmp_path}"]
+
+
+@pytest.fixture
+def smoke_cfg(smoke_overrides):
+    return load_config(smoke_overrides)

@@ -1,0 +1,82 @@
+"""The shipped config composes, every group option validates, typos get suggestions."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm_tasks.config import CONF_DIR, ConfigError, LifecycleConfig, load_config
+
+GROUP_OPTIONS = [
+    (group.name, path.stem)
+    for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
+    for path in sorted(group.glob("*.yaml")) if not path.stem.startswith("_")
+]
+# Options that need a value the user must supply.
+REQUIRED = {
+    ("data", "local"): ["data.files=[x.txt]"],
+    ("data", "hub"): ["data.hub_name=some/dataset"],
+}
+
+
+def test_default_config_is_typed_and_resolved(tmp_path):
+    cfg = load_config([f"paths.root_dir={tmp_path}"])
+    assert isinstance(cfg, LifecycleConfig)
+    assert cfg.data.source == "embedded"
+    assert cfg.tokenizer.kind == "bpe"
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
+    assert cfg.paths.data_dir == f"{tmp_path}/outputs/lm-lifecycle/data"
+    assert cfg.tracking.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert "${" not in cfg.resolved_yaml
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes(group, option):
+    cfg = load_config([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    assert isinstance(cfg, LifecycleConfig)
+
+
+def test_overrides_reach_typed_config():
+    cfg = load_config(["model.n_layer=2", "optim.lr=0.01", "trainer.max_steps=7", "data.cleaning.dedup=false"])
+    assert (cfg.model.n_layer, cfg.optim.lr, cfg.trainer.max_steps) == (2, 0.01, 7)
+    assert cfg.data.cleaning.dedup is False
+
+
+@pytest.mark.parametrize("override,suggestion", [
+    ("trainer.max_step=3", "trainer.max_steps"),
+    ("optim.lrr=0.1", "optim.lr"),
+    ("data.cleaning.min_char=5", "data.cleaning.min_chars"),
+    ("+model.n_layers=3", "model.n_layer"),
+])
+def test_unknown_key_suggests_nearest(override, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    message = str(err.value)
+    assert "Unknown config key" in message
+    assert f"Did you mean: {suggestion}" in message
+
+
+def test_unknown_group_option_lists_available():
+    with pytest.raises(ConfigError, match="Available options in 'model'"):
+        load_config(["model=tiy"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("tokenizer.kind=bpee", "Did you mean 'bpe'"),
+    ("model.n_embd=130", "divisible by model.n_head"),
+    ("data.val_ratio=1.5", "val_ratio must be between 0 and 1"),
+    ("model.pos_encoding=rotary", "not one of learned, sinusoidal"),
+    ("trainer.max_steps=0", "max_steps must be >= 1"),
+])
+def test_invalid_values_fail_with_reason(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([override])
+
+
+def test_wrong_type_is_a_config_error():
+    with pytest.raises(ConfigError, match="n_layer"):
+        load_config(["model.n_layer=many"])
+
+
+def test_local_source_requires_files():
+    with pytest.raises(ConfigError, match="data=local needs files"):
+        load_config(["data=local"])

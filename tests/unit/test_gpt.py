@@ -1,0 +1,113 @@
+"""The GPT model: shapes, causality, initial loss, learning, generation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lm_tasks.models.gpt import GPT, GPTConfig, filter_logits, sinusoidal_encoding
+
+VOCAB = 97
+
+
+def tiny(pos_encoding="learned", **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                    pos_encoding=pos_encoding, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_shapes_and_loss(pos):
+    model = tiny(pos)
+    idx = torch.randint(0, VOCAB, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, VOCAB) and loss is None
+    _, loss = model(idx, idx)
+    assert loss.shape == ()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_causal_future_tokens_never_change_past_logits(pos):
+    model = tiny(pos)
+    idx = torch.randint(0, VOCAB, (1, 16))
+    base, _ = model(idx)
+    for t in range(15):
+        changed = idx.clone()
+        changed[0, t + 1:] = (changed[0, t + 1:] + 1) % VOCAB
+        logits, _ = model(changed)
+        assert torch.allclose(logits[0, : t + 1], base[0, : t + 1], atol=1e-5), f"position {t} saw the future"
+        assert not torch.allclose(logits[0, t + 1], base[0, t + 1])
+
+
+def test_initial_loss_is_close_to_uniform():
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (8, 16))
+    _, loss = model(idx, torch.randint(0, VOCAB, (8, 16)))
+    assert abs(loss.item() - math.log(VOCAB)) < 0.1
+
+
+def test_output_head_is_tied_to_embedding():
+    model = tiny()
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_overfits_a_single_batch():
+    model = tiny(dropout=0.0).train()
+    torch.manual_seed(1)
+    x = torch.randint(0, VOCAB, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_rejects_sequences_longer_than_the_block():
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_sinusoidal_encoding_matches_the_formula():
+    pe = sinusoidal_encoding(10, 8)
+    pos, i = 7, 2
+    assert pe[pos, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+    assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+
+
+def test_optimizer_groups_split_matrices_from_vectors():
+    model = tiny()
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert all(p.dim() == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    n_grouped = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n_grouped == sum(p.numel() for p in model.parameters())
+
+
+def test_greedy_generation_is_deterministic_and_extends():
+    model = tiny()
+    prompt = torch.tensor([[1, 2, 3]])
+    a = model.generate(prompt, 20, temperature=0)
+    b = model.generate(prompt, 20, temperature=0)
+    assert a.shape == (1, 23) and torch.equal(a, b) and torch.equal(a[:, :3], prompt)
+
+
+def test_generation_stops_at_eos():
+    model = tiny()
+    logits, _ = model(torch.tensor([[5]]))
+    eos = int(logits[0, -1].argmax())  # the first greedy token: generation must stop right there
+    out = model.generate(torch.tensor([[5]]), 10, temperature=0, eos_id=eos)
+    assert out.tolist() == [[5, eos]]
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept_k = torch.isfinite(filter_logits(logits, top_k=2, top_p=None))
+    assert kept_k.tolist() == [[True, True, False, False]]
+    kept_p = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.7))
+    assert kept_p.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 crosses it

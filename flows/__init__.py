@@ -9,3 +9,8 @@ import os
 # Before Prefect is imported: no telemetry, and the library's log lines shown in flow logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lm_tasks")
+
+import logging  # noqa: E402
+
+# The library logs progress lines at INFO; Prefect forwards them into the flow logs.
+logging.getLogger("lm_tasks").setLevel(logging.INFO)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import asdict
 from typing import Callable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
-from lm_tasks.config import ConfigError, load_config
+from lm_tasks.config import ConfigError, LifecycleConfig, load_config
+from lm_tasks.stages import StageResult
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 IO_ERRORS = (ConnectionError, TimeoutError)
@@ -23,6 +27,26 @@ def retry_on_io(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
+
+
+def stage_flow(name: str, run_stage: Callable[..., StageResult], retry_io: bool = False):
+    """The Prefect task wrapping one lm_tasks stage, and the flow that runs it alone.
+
+    The task takes the typed config and the parent MLflow run id and returns the
+    stage's StageResult (paths and digests). Retries are for I/O errors only.
+    """
+    retries = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io} if retry_io else {}
+
+    @task(name=name, cache_policy=NO_CACHE, **retries)
+    def stage_task(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
+        return run_stage(cfg, parent_run_id)
+
+    @flow(name=name)
+    def stage_alone(overrides: list[str] | None = None) -> dict:
+        return asdict(stage_task(load_config(overrides or [])))
+
+    stage_alone.__doc__ = f"Run the {name} stage alone (a top-level MLflow run tagged stage={name})."
+    return stage_task, stage_alone
 
 
 def sweep(overrides: list[str]) -> list[list[str]]:

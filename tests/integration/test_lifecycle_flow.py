@@ -9,6 +9,7 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.lifecycle import lifecycle
@@ -74,6 +75,9 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     # The exported model reproduces the evaluated loss.
     model = load_pretrained(Path(smoke_cfg.paths.pretrain_dir) / "model")
     assert model.config.vocab_size == json.loads(Path(smoke_cfg.paths.tokenizer_dir, "meta.json").read_text())["vocab_size"]
+    summary = Artifact.get("lifecycle-summary")
+    assert summary is not None and all(f"| {stage} |" in summary.data for stage in STAGES)
+
     samples = [json.loads(line) for line in Path(smoke_cfg.paths.eval_dir, "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == smoke_cfg.eval.prompts
 

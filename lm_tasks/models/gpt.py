@@ -5,6 +5,10 @@ Token embedding + positional encoding (learned, or the fixed sinusoids of
 self-attention and an MLP -> final LayerNorm -> output head tied to the token
 embedding. Shapes: B batch, T time (tokens), C channels (n_embd), H heads,
 V vocabulary.
+
+Generation is one routine, `generate()`: sampling (temperature, top-k, top-p),
+greedy (temperature 0) or beam search (num_beams > 1), all through a key/value
+cache so each new token costs one position of attention, not a whole prefix.
 """
 
 from __future__ import annotations
@@ -34,21 +38,52 @@ class GPTConfig:
         return asdict(self)
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, each (B, H, T, C/H)."""
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys/values to the layer's cache; return the whole history."""
+        past = self.layers[layer]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the cache rows that `rows` selects (beam search follows its surviving beams)."""
+        self.layers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.layers]
+
+    def reset(self) -> None:
+        self.layers = [None] * len(self.layers)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.dropout, self.layer = cfg.n_head, cfg.dropout, layer
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, H, T, C/H)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, T_past + T, C/H)
+        # Without a past the usual causal mask; one new token may attend to every cached one.
+        if k.size(2) != T and T != 1:
+            raise ValueError("With a non-empty KV cache, feed one token at a time")
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=k.size(2) == T and T > 1, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, C/H)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -68,15 +103,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -102,7 +137,7 @@ class GPT(nn.Module):
         else:
             self.register_buffer("pe", sinusoidal_encoding(cfg.block_size, cfg.n_embd), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
@@ -126,19 +161,23 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets.
+
+        With a cache, idx continues the cached tokens (positions start after them).
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"Sequence of {T} tokens exceeds block_size {self.config.block_size}")
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"Sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C)
         if self.config.pos_encoding == "learned":
-            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over B
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
         else:
-            x = x + self.pe[:T]
+            x = x + self.pe[start:start + T]
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
@@ -154,19 +193,24 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 eos_id: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample continuations of idx (B, T); temperature 0 means greedy decoding.
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                 generator: torch.Generator | None = None, num_beams: int = 1,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Continue idx (B, T) by up to max_new_tokens; returns (B, T + new).
 
-        Stops early when every row has produced `eos_id`. Returns (B, T + new).
+        temperature 0 is greedy; num_beams > 1 is beam search (one prompt at a time).
+        Rows that produced eos_id are padded with it; decoding stops when all have.
         """
+        if num_beams > 1:
+            if idx.size(0) != 1:
+                raise ValueError("Beam search decodes one prompt at a time (idx of shape (1, T))")
+            return self.beam_search(idx, max_new_tokens, num_beams, eos_id)
         was_training = self.training
         self.eval()
+        cache = KVCache(self.config.n_layer) if use_cache else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size:]
-            logits, _ = self(context)
-            logits = logits[:, -1, :]  # (B, V)
+        for step in range(max_new_tokens):
+            logits = self._next_logits(idx, cache, first=step == 0)  # (B, V)
             if temperature == 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -180,6 +224,62 @@ class GPT(nn.Module):
                 break
         self.train(was_training)
         return idx
+
+    @torch.no_grad()
+    def beam_search(self, idx: torch.Tensor, max_new_tokens: int, num_beams: int,
+                    eos_id: int | None = None, length_penalty: float = 1.0) -> torch.Tensor:
+        """The most probable continuation of idx (1, T) found with num_beams beams.
+
+        Hypotheses are ranked by total log-probability / (new tokens ** length_penalty).
+        """
+        was_training = self.training
+        self.eval()
+        cache = KVCache(self.config.n_layer)
+        beams, scores = idx, torch.zeros(1, device=idx.device)  # (n, T), (n,)
+        done: list[tuple[float, torch.Tensor]] = []
+
+        def ranked(score: float, length: int) -> float:
+            return score / (length ** length_penalty)
+
+        for step in range(max_new_tokens):
+            log_probs = F.log_softmax(self._next_logits(beams, cache, first=step == 0).float(), dim=-1)
+            candidates = (scores.unsqueeze(1) + log_probs).view(-1)  # (n * V,)
+            top_scores, top_ids = candidates.topk(min(2 * num_beams, candidates.numel()))
+            keep_rows, keep_tokens, keep_scores = [], [], []
+            for score, flat in zip(top_scores.tolist(), top_ids.tolist()):
+                row, token = divmod(flat, log_probs.size(-1))
+                if token == eos_id:
+                    done.append((ranked(score, step + 1), torch.cat([beams[row], beams.new_tensor([token])])))
+                else:
+                    keep_rows.append(row), keep_tokens.append(token), keep_scores.append(score)
+                if len(keep_rows) == num_beams:
+                    break
+            if not keep_rows:
+                break
+            rows = torch.tensor(keep_rows, device=idx.device)
+            cache.reorder(rows)
+            beams = torch.cat([beams[rows], torch.tensor(keep_tokens, device=idx.device).unsqueeze(1)], dim=1)
+            scores = torch.tensor(keep_scores, device=idx.device)
+            if len(done) >= num_beams:
+                break
+        new_tokens = beams.size(1) - idx.size(1)
+        if new_tokens or not done:  # the beams still open compete with the finished ones
+            done += [(ranked(s, max(new_tokens, 1)), b) for s, b in zip(scores.tolist(), beams)]
+        self.train(was_training)
+        return max(done, key=lambda pair: pair[0])[1].unsqueeze(0)
+
+    def _next_logits(self, idx: torch.Tensor, cache: KVCache | None, first: bool) -> torch.Tensor:
+        """Logits (B, V) for the token after idx, reusing the cache where it holds idx's prefix.
+
+        Past block_size tokens the context is cropped to the last block_size, exactly
+        as without a cache, and the cache is rebuilt from that window.
+        """
+        if cache is None:
+            return self(idx[:, -self.config.block_size:])[0][:, -1, :]
+        if first or cache.length >= self.config.block_size:
+            cache.reset()
+            return self(idx[:, -self.config.block_size:], cache=cache)[0][:, -1, :]
+        return self(idx[:, -1:], cache=cache)[0][:, -1, :]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

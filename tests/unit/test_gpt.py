@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from lm_tasks.models.gpt import GPT, GPTConfig, filter_logits, sinusoidal_encoding
+from lm_tasks.models.gpt import GPT, GPTConfig, KVCache, filter_logits, sinusoidal_encoding
 
 VOCAB = 97
 
@@ -111,3 +112,53 @@ def test_filter_logits_top_k_and_top_p():
     assert kept_k.tolist() == [[True, True, False, False]]
     kept_p = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.7))
     assert kept_p.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
+
+
+def test_kv_cache_matches_full_recompute_token_for_token():
+    model = tiny()
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    # 30 new tokens run past block_size (16): the cached path must crop exactly like the uncached one.
+    for kwargs in ({"temperature": 0}, {"temperature": 1.0, "top_k": 20, "top_p": 0.9}):
+        cached = model.generate(prompt, 30, generator=torch.Generator().manual_seed(0), **kwargs)
+        full = model.generate(prompt, 30, use_cache=False, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert torch.equal(cached, full)
+
+
+def test_cached_forward_equals_uncached_logits():
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    full, _ = model(idx)
+    cache = KVCache(model.config.n_layer)
+    prefix, _ = model(idx[:, :6], cache=cache)
+    steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 10)]
+    assert torch.allclose(torch.cat([prefix, *steps], dim=1), full, atol=1e-5)
+
+
+def test_beam_search_with_one_beam_is_greedy():
+    model = tiny()
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    greedy = model.generate(prompt, 12, temperature=0)
+    assert torch.equal(model.beam_search(prompt, 12, num_beams=1), greedy)
+    eos = int(greedy[0, 7])  # make greedy stop early: both must stop at the same place
+    assert torch.equal(model.beam_search(prompt, 12, num_beams=1, eos_id=eos),
+                       model.generate(prompt, 12, temperature=0, eos_id=eos))
+
+
+def test_wide_beam_search_finds_the_most_probable_continuation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    prompt = torch.tensor([[0, 1]])
+
+    def log_prob(tokens):
+        logits, _ = model(torch.tensor([[0, 1, *tokens]]))
+        log_probs = torch.log_softmax(logits[0, 1:-1], dim=-1)
+        return sum(log_probs[i, t].item() for i, t in enumerate(tokens))
+
+    best = max(itertools.product(range(5), repeat=3), key=log_prob)
+    found = model.generate(prompt, 3, num_beams=25)[0, 2:].tolist()
+    assert tuple(found) == best
+
+
+def test_beam_search_needs_one_prompt():
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        tiny().generate(torch.zeros(2, 3, dtype=torch.long), 4, num_beams=3)

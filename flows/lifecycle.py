@@ -1,9 +1,10 @@
 """The whole lifecycle as one Prefect flow, tracked as one MLflow parent run.
 
     python -m flows.lifecycle [hydra overrides]
+    python -m flows.lifecycle finetune=classification     # with task fine-tuning
     python -m flows.lifecycle -m optim.lr=1e-3,3e-3      # one lifecycle per sweep job
 
-data -> tokenizer -> pretrain -> [fine-tuning slot] -> evaluate. Stages pass
+data -> tokenizer -> pretrain -> finetune (one run per selected task) -> evaluate. Stages pass
 paths and content digests (StageResult), never datasets or models.
 """
 
@@ -19,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.common import run_cli, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
+from flows.finetune import finetune_task
 from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
 from lm_tasks import tracking
@@ -35,10 +37,11 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
         results = [data_task(cfg, run_id)]
         results.append(tokenizer_task(cfg, run_id))
         results.append(pretrain_task(cfg, run_id))
-        # Fine-tuning slot: task fine-tuning plugs in here (finetune.tasks; none by default).
+        results += [finetune_task(cfg, task, run_id) for task in cfg.finetune]  # finetune=<task,...>
         results.append(evaluate_task(cfg, run_id))
 
-        tracking.log_metrics(results[-1].metrics)
+        tracking.log_metrics({k: v for r in results if r.stage.startswith(("finetune", "evaluate"))
+                              for k, v in r.metrics.items()})
         tracking.log_metrics({f"lifecycle/{r.stage}_seconds": r.seconds for r in results})
         summary = summary_markdown(f"Lifecycle `{tracking.default_run_name(cfg)}` (MLflow run {run_id})", results)
         mlflow.log_text(summary, "summary.md")

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -39,6 +39,7 @@ class PathsConfig:
     tokenizer_dir: str
     pretrain_dir: str
     eval_dir: str
+    finetune_dir: str
 
 
 @dataclass
@@ -179,16 +180,63 @@ class OptimConfig:
             raise ConfigError(f"optim: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
 
+TASKS = ("classification", "qa", "summarization", "translation")
+# The fields each task reads from its dataset (data.columns maps them to source columns).
+TASK_FIELDS = {
+    "classification": ("text", "label"),
+    "qa": ("context", "question", "answers"),
+    "summarization": ("source", "target"),
+    "translation": ("source", "target"),
+}
+AVAILABLE_TASKS = ("classification",)
+
+
 @dataclass
-class FinetuneConfig:
-    tasks: List[str]
+class TaskDataConfig:
+    source: str
+    hub_name: Optional[str]
+    hub_config: Optional[str]
+    train_files: List[str]
+    validation_files: List[str]
+    train_split: str
+    validation_split: Optional[str]
+    columns: Dict[str, str]
+    label_names: Optional[List[str]]
+    val_ratio: float
+    max_rows: Optional[int]
+
+
+@dataclass
+class TaskConfig:
+    task: str
+    data: TaskDataConfig
+    max_length: Optional[int]
+    pooling: str
+    batch_size: int
+    max_steps: int
+    val_check_interval: int
+    patience: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    monitor: str
 
     def __post_init__(self) -> None:
-        if self.tasks:
+        _check_choice("finetune.<task>.task", self.task, TASKS)
+        if self.task not in AVAILABLE_TASKS:
             raise ConfigError(
-                f"finetune.tasks={list(self.tasks)}: task fine-tuning is not part of this "
-                "release yet; the lifecycle keeps the slot for it (finetune=none)"
+                f"finetune task '{self.task}' is not available yet; available: {', '.join(AVAILABLE_TASKS)}"
             )
+        _check_choice(f"finetune.{self.task}.data.source", self.data.source, ("embedded", "hub", "local"))
+        _check_choice(f"finetune.{self.task}.pooling", self.pooling, ("last", "mean"))
+        missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]
+        if missing:
+            raise ConfigError(f"finetune.{self.task}.data.columns needs a column for {', '.join(missing)}")
+
+    def optim(self) -> "OptimConfig":
+        return OptimConfig(name="adamw", lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,
+                           betas=[0.9, 0.95], eps=1e-8, warmup_steps=self.warmup_steps, fused=None)
 
 
 @dataclass
@@ -214,13 +262,14 @@ class TrackingConfig:
 class LifecycleConfig:
     name: str
     seed: int
+    init_from: Optional[str]
     paths: PathsConfig
     data: DataConfig
     tokenizer: TokenizerConfig
     model: ModelConfig
     trainer: TrainerConfig
     optim: OptimConfig
-    finetune: FinetuneConfig
+    finetune: Dict[str, TaskConfig]
     eval: EvalConfig
     tracking: TrackingConfig
     # The resolved YAML, saved with every run (not part of the schema).

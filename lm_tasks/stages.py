@@ -120,6 +120,51 @@ def run_pretrain(cfg: LifecycleConfig, parent_run_id: str | None = None) -> Stag
         return _finish("pretrain", out, file_digest(weights), run, start, metrics)
 
 
+def run_finetune(cfg: LifecycleConfig, task: str, parent_run_id: str | None = None) -> StageResult:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lm_tasks.training.finetune import finetune_task
+
+    start = time.perf_counter()
+    model_dir, model_digest = pretrained_model(cfg)
+    out = Path(cfg.paths.finetune_dir) / task
+    tags = {"task": task, "input.model_digest": model_digest}
+    with tracking.tracked_run(cfg, "finetune", parent_run_id, tags) as run:
+        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=run.info.run_id)
+        summary = finetune_task(cfg, task, model_dir, out, logger)
+        metrics = {f"eval/{task}/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
+        metrics.update({f"eval/{task}/baseline_{k}": v for k, v in summary["baseline"].items()
+                        if isinstance(v, (int, float))})
+        tracking.log_metrics(metrics)
+        for name in ("metrics.json", "predictions.jsonl", "confusion_matrix.png"):
+            if (out / name).exists():
+                mlflow.log_artifact(str(out / name))
+        mlflow.log_artifacts(str(out / "model"), "model")
+        return _finish(f"finetune:{task}", out, file_digest(out / "model" / "model.safetensors"), run, start,
+                       metrics)
+
+
+def pretrained_model(cfg: LifecycleConfig) -> tuple[Path, str]:
+    """The exported model to fine-tune: `init_from` (a folder or an MLflow run id), else this
+    lifecycle's pretraining output."""
+    source = cfg.init_from
+    if source is None:
+        pretrained = read_stage(cfg.paths.pretrain_dir, "pretrain")
+        return Path(pretrained.output_dir) / "model", pretrained.digest
+    if Path(source).is_dir():
+        model_dir = Path(source)
+    else:
+        tracking.configure(cfg.tracking)
+        try:
+            model_dir = Path(mlflow.artifacts.download_artifacts(run_id=source, artifact_path="model"))
+        except Exception as err:
+            raise FileNotFoundError(
+                f"init_from={source!r} is neither a model folder nor an MLflow run with a 'model' "
+                f"artifact in {cfg.tracking.tracking_uri}: {err}"
+            ) from err
+    return model_dir, file_digest(model_dir / "model.safetensors")
+
+
 def run_evaluate(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
     pretrained = read_stage(cfg.paths.pretrain_dir, "pretrain")
     tokens = read_stage(cfg.paths.tokenizer_dir, "tokenizer")

@@ -161,11 +161,8 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets.
-
-        With a cache, idx continues the cached tokens (positions start after them).
-        """
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final normalised hidden states (B, T, C) that heads read."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -178,7 +175,14 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, cache)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets.
+
+        With a cache, idx continues the cached tokens (positions start after them).
+        """
+        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

@@ -94,3 +94,26 @@ def test_stage_alone_reads_the_previous_stage_output(smoke_overrides):
     assert run.data.tags["stage"] == "tokenizer"
     assert run.data.tags["input.data_digest"] == data.digest
     assert "mlflow.parentRunId" not in run.data.tags
+
+
+def test_lifecycle_with_classification_fine_tuning(prefect_harness, smoke_overrides, smoke_cfg):
+    overrides = smoke_overrides + ["finetune=classification", "finetune.classification.max_steps=4",
+                                   "finetune.classification.val_check_interval=2",
+                                   "finetune.classification.data.max_rows=64"]
+    result = lifecycle(overrides=overrides)
+    assert list(result) == ["data", "tokenizer", "pretrain", "finetune:classification", "evaluate"]
+
+    client = mlflow_client(smoke_cfg)
+    experiment = client.get_experiment_by_name("lm-lifecycle")
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'finetune'")
+    assert len(runs) == 1 and runs[0].data.tags["task"] == "classification"
+    metrics = runs[0].data.metrics
+    for key in ("eval/classification/accuracy", "eval/classification/macro_f1",
+                "eval/classification/baseline_accuracy", "val/accuracy", "train/loss"):
+        assert key in metrics, key
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"predictions.jsonl", "metrics.json", "confusion_matrix.png", "model"} <= artifacts
+    out = Path(smoke_cfg.paths.finetune_dir) / "classification"
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 64  # max_rows applies to each split of the embedded set
+    assert {p["reference"] for p in predictions} <= {"negative", "positive"}

@@ -1,0 +1,41 @@
+"""Fine-tune the pretrained model on tasks, one Prefect task and MLflow run per task.
+
+    python -m flows.finetune task=classification [overrides]
+    python -m flows.finetune task=classification init_from=<model folder or MLflow run id>
+
+`task=<name>` is short for the lifecycle's `finetune=<name>`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import run_cli
+from lm_tasks import stages
+from lm_tasks.config import LifecycleConfig, load_config
+
+
+@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{task_name}")
+def finetune_task(cfg: LifecycleConfig, task_name: str, parent_run_id: str | None = None) -> stages.StageResult:
+    return stages.run_finetune(cfg, task_name, parent_run_id)
+
+
+@flow(name="finetune")
+def finetune_flow(overrides: list[str] | None = None) -> dict:
+    """Fine-tune every selected task alone (top-level MLflow runs tagged stage=finetune)."""
+    cfg = load_config(overrides or [])
+    if not cfg.finetune:
+        raise ValueError("No task selected: pass task=<name> (or finetune=[a,b])")
+    return {name: asdict(finetune_task(cfg, name)) for name in cfg.finetune}
+
+
+def task_alias(args: list[str]) -> list[str]:
+    return [f"finetune={a.split('=', 1)[1]}" if a.startswith("task=") else a for a in args]
+
+
+if __name__ == "__main__":
+    run_cli(finetune_flow, task_alias(sys.argv[1:]))

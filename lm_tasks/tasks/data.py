@@ -1,0 +1,131 @@
+"""Task datasets by config alone: embedded, a Hub dataset, or local files, mapped onto
+the task's fields (`TASK_FIELDS`) through `data.columns`, split into train/validation.
+
+Nested source columns are addressed with dots (`translation.en`). Rows that cannot be
+used are handled by one documented rule per task and counted (see `validate_rows`).
+"""
+
+from __future__ import annotations
+
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+
+from lm_tasks.config import TASK_FIELDS, TaskConfig
+from lm_tasks.data.sources import BUILDERS, DataSourceError, EmptyDataError, expand_files, _builder_for
+from lm_tasks.tasks.embedded import embedded_task_dataset
+
+
+def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
+    """Train/validation with the task's fields, plus facts (label names, skipped rows)."""
+    d = cfg.data
+    if d.source == "embedded":
+        raw, label = embedded_task_dataset(cfg.task, seed), "embedded"
+    elif d.source == "hub":
+        raw, label = _load_hub(cfg), f"Hub dataset '{d.hub_name}'"
+    else:
+        raw, label = _load_local(cfg), ", ".join(d.train_files)
+    splits = {name: _map_columns(ds, cfg, label) for name, ds in raw.items()}
+    if d.max_rows is not None:
+        splits = {k: v.select(range(min(d.max_rows, len(v)))) for k, v in splits.items()}
+    if "validation" not in splits:
+        parts = splits["train"].train_test_split(test_size=d.val_ratio, seed=seed, shuffle=True)
+        splits = {"train": parts["train"], "validation": parts["test"]}
+    info = {"source": label}
+    if cfg.task == "classification":
+        splits, info["label_names"] = _encode_labels(splits, cfg)
+    dataset, info["skipped"] = {}, {}
+    for name, ds in splits.items():
+        kept = ds.filter(_has_text, fn_kwargs={"fields": TEXT_FIELDS[cfg.task]})
+        info["skipped"][name] = len(ds) - len(kept)
+        if len(kept) == 0:
+            raise EmptyDataError(f"The {name} split of {cfg.task} data from {label} has no usable rows")
+        dataset[name] = kept
+    return DatasetDict(dataset), info
+
+
+TEXT_FIELDS = {"classification": ("text",), "qa": ("context", "question"),
+               "summarization": ("source", "target"), "translation": ("source", "target")}
+
+
+def _has_text(row: dict, fields: tuple[str, ...]) -> bool:
+    """Rows with an empty text field are skipped (and counted): there is nothing to learn from."""
+    return all(isinstance(row[f], str) and row[f].strip() for f in fields)
+
+
+def _load_hub(cfg: TaskConfig) -> DatasetDict:
+    d = cfg.data
+    try:
+        loaded = load_dataset(d.hub_name, d.hub_config)
+    except Exception as err:
+        raise DataSourceError(
+            f"Could not load the Hub dataset '{d.hub_name}' for {cfg.task}: {type(err).__name__}: {err}\n"
+            f"Without network access use local files: finetune.{cfg.task}.data.source=local "
+            f"finetune.{cfg.task}.data.train_files=[path/to/train.jsonl]"
+        ) from err
+    wanted = {"train": d.train_split, "validation": d.validation_split}
+    splits = {}
+    for name, split in wanted.items():
+        if split is None:
+            continue
+        if split not in loaded:
+            raise DataSourceError(f"Hub dataset '{d.hub_name}' has no split '{split}'; it has {sorted(loaded)}")
+        splits[name] = loaded[split]
+    return DatasetDict(splits)
+
+
+def _load_local(cfg: TaskConfig) -> DatasetDict:
+    d = cfg.data
+    if not d.train_files:
+        raise DataSourceError(f"finetune.{cfg.task}.data.source=local needs train_files=[...]")
+    files = {"train": expand_files(d.train_files, f"finetune.{cfg.task}.data.train_files")}
+    if d.validation_files:
+        files["validation"] = expand_files(d.validation_files, f"finetune.{cfg.task}.data.validation_files")
+    builder = _builder_for(files)
+    if builder == "text":
+        raise DataSourceError(f"Task data must be one of jsonl, csv or parquet, not txt ({sorted(BUILDERS)})")
+    try:
+        return load_dataset(builder, data_files=files)
+    except Exception as err:
+        raise DataSourceError(f"Could not read {files} as {builder}: {type(err).__name__}: {err}") from err
+
+
+def _map_columns(ds: Dataset, cfg: TaskConfig, label: str) -> Dataset:
+    mapping = cfg.data.columns
+    if any("." in column for column in mapping.values()):
+        ds = ds.flatten()  # struct columns become dotted columns: translation.en
+    missing = {field: column for field, column in mapping.items() if column not in ds.column_names}
+    if missing:
+        field, column = next(iter(missing.items()))
+        raise DataSourceError(
+            f"{label} has no column '{column}' for the {cfg.task} field '{field}' "
+            f"(columns: {ds.column_names}); set finetune.{cfg.task}.data.columns.{field}"
+        )
+    fields = TASK_FIELDS[cfg.task]
+    ds = ds.select_columns([mapping[f] for f in fields])
+    return ds.rename_columns({mapping[f]: f for f in fields if mapping[f] != f})
+
+
+def _encode_labels(splits: dict, cfg: TaskConfig) -> tuple[dict, list[str]]:
+    """Labels become ids into label_names; a label outside the set is an error naming the row."""
+    feature = splits["train"].features["label"]
+    if isinstance(feature, ClassLabel):
+        return splits, list(cfg.data.label_names or feature.names)
+    values = sorted({v for v in splits["train"]["label"] if v is not None}, key=str)
+    names = list(cfg.data.label_names) if cfg.data.label_names else [str(v) for v in values]
+    # Integer labels index label_names when given; any other value is looked up by name.
+    by_name = {name: i for i, name in enumerate(names)}
+
+    def to_id(value, row: int, split: str) -> int:
+        if isinstance(value, int) and cfg.data.label_names and 0 <= value < len(names):
+            return value
+        if str(value) in by_name:
+            return by_name[str(value)]
+        raise DataSourceError(
+            f"{split} row {row}: label {value!r} is not one of the labels {names} "
+            f"(set finetune.{cfg.task}.data.label_names)"
+        )
+
+    encoded = {}
+    for split, ds in splits.items():
+        ids = [to_id(v, i, split) for i, v in enumerate(ds["label"])]
+        encoded[split] = ds.remove_columns("label").add_column("label", ids)
+    return encoded, names

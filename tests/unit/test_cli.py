@@ -34,3 +34,9 @@ def test_typo_on_the_command_line_exits_with_a_suggestion(tmp_path):
     assert "Configuration error: Unknown config key 'trainer.max_step'" in result.stderr
     assert "Did you mean: trainer.max_steps" in result.stderr
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_finetune_task_alias():
+    from flows.finetune import task_alias
+
+    assert task_alias(["task=classification", "seed=1"]) == ["finetune=classification", "seed=1"]

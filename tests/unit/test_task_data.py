@@ -1,0 +1,83 @@
+"""Task datasets by config: embedded, local files with column mapping, and bad rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lm_tasks.config import ConfigError, load_config
+from lm_tasks.data.sources import DataSourceError
+from lm_tasks.tasks.data import load_task_data
+
+
+def task_cfg(*overrides: str):
+    return load_config(["finetune=classification", *overrides]).finetune["classification"]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_embedded_sentiment_is_balanced_and_labelled():
+    data, info = load_task_data(task_cfg(), seed=0)
+    assert info["label_names"] == ["negative", "positive"]
+    assert (len(data["train"]), len(data["validation"])) == (2000, 300)
+    share = sum(data["train"]["label"]) / len(data["train"])
+    assert 0.45 < share < 0.55
+    negated = [(t, y) for t, y in zip(data["train"]["text"], data["train"]["label"]) if " not " in t]
+    assert negated and all(isinstance(t, str) for t, _ in negated)
+
+
+def test_local_files_with_column_mapping_and_string_labels(tmp_path):
+    rows = [{"review": f"text number {i}", "stars": "good" if i % 3 else "bad"} for i in range(30)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]",
+                   "finetune.classification.data.columns.text=review", "finetune.classification.data.columns.label=stars")
+    data, info = load_task_data(cfg, seed=0)
+    assert info["label_names"] == ["bad", "good"]
+    assert len(data["train"]) + len(data["validation"]) == 30 and len(data["validation"]) == 3
+    by_text = {r["text"]: r["label"] for split in data.values() for r in split}
+    assert by_text["text number 3"] == 0 and by_text["text number 4"] == 1
+
+
+def test_nested_columns_are_addressed_with_dots(tmp_path):
+    rows = [{"item": {"body": f"sentence {i}", "y": i % 2}} for i in range(20)]
+    path = write_jsonl(tmp_path / "nested.jsonl", rows)
+    cfg = task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]",
+                   "finetune.classification.data.columns.text=item.body", "finetune.classification.data.columns.label=item.y")
+    data, _ = load_task_data(cfg, seed=0)
+    assert set(data["train"].column_names) == {"text", "label"}
+
+
+def test_label_outside_the_label_set_names_the_row(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i}", "label": i % 2} for i in range(10)])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "fine", "label": 1}, {"text": "odd one", "label": 7}])
+    cfg = task_cfg("finetune.classification.data.source=local",
+                   f"finetune.classification.data.train_files=[{train}]",
+                   f"finetune.classification.data.validation_files=[{val}]",
+                   "finetune.classification.data.label_names=[negative,positive]")
+    with pytest.raises(DataSourceError, match=r"validation row 1: label 7 is not one of the labels"):
+        load_task_data(cfg, seed=0)
+
+
+def test_empty_texts_are_skipped_and_counted(tmp_path):
+    rows = [{"text": "" if i < 4 else f"text {i}", "label": i % 2} for i in range(20)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]")
+    data, info = load_task_data(cfg, seed=0)
+    assert sum(info["skipped"].values()) == 4
+    assert len(data["train"]) + len(data["validation"]) == 16
+
+
+def test_missing_column_names_the_field_and_columns(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"sentence": "x", "label": 0}] * 5)
+    cfg = task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]")
+    with pytest.raises(DataSourceError, match=r"no column 'text' for the classification field 'text'.*columns.text"):
+        load_task_data(cfg, seed=0)
+
+
+def test_tasks_not_yet_available_say_so():
+    with pytest.raises(ConfigError, match="not available yet"):
+        load_config(["finetune=classification", "finetune.classification.task=qa"])

@@ -103,6 +103,7 @@ class TokenizerConfig:
     eos_token: str
     pad_token: str
     unk_token: str
+    sep_token: str
     extra_special_tokens: List[str]
 
     def __post_init__(self) -> None:
@@ -115,7 +116,7 @@ class TokenizerConfig:
 
     @property
     def special_tokens(self) -> list[str]:
-        tokens = [self.eos_token, self.pad_token, self.unk_token, *self.extra_special_tokens]
+        tokens = [self.eos_token, self.pad_token, self.unk_token, self.sep_token, *self.extra_special_tokens]
         return list(dict.fromkeys(tokens))  # de-duplicated, order kept
 
 
@@ -188,7 +189,7 @@ TASK_FIELDS = {
     "summarization": ("source", "target"),
     "translation": ("source", "target"),
 }
-AVAILABLE_TASKS = ("classification",)
+AVAILABLE_TASKS = TASKS
 
 
 @dataclass
@@ -203,6 +204,7 @@ class TaskDataConfig:
     columns: Dict[str, str]
     label_names: Optional[List[str]]
     val_ratio: float
+    split_by: Optional[str]
     max_rows: Optional[int]
 
 
@@ -221,6 +223,11 @@ class TaskConfig:
     warmup_steps: int
     weight_decay: float
     monitor: str
+    num_beams: int
+    max_new_tokens: int
+    stride: int
+    max_answer_tokens: int
+    n_best: int
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)
@@ -233,6 +240,10 @@ class TaskConfig:
         missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]
         if missing:
             raise ConfigError(f"finetune.{self.task}.data.columns needs a column for {', '.join(missing)}")
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min" if self.monitor == "loss" else "max"
 
     def optim(self) -> "OptimConfig":
         return OptimConfig(name="adamw", lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,

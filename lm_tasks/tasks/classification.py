@@ -42,7 +42,6 @@ class ClassificationAdapter:
     """What fine-tuning needs to know about classification: encode, batch, loss, predict, score."""
 
     task = "classification"
-    monitor_mode = "max"
 
     def __init__(self, label_names: list[str], pooling: str, max_length: int, pad_id: int):
         self.label_names, self.pooling, self.max_length, self.pad_id = label_names, pooling, max_length, pad_id
@@ -83,7 +82,18 @@ class ClassificationAdapter:
         return load_metric("classification").compute(
             predictions=[p["label_id"] for p in predictions], references=references)
 
-    def baseline(self, train_labels: list[int], references: list[int]) -> dict:
+    def baseline(self, train: Dataset, validation: Dataset) -> dict:
         """The trivial baseline: always predict the most frequent training label."""
-        majority = Counter(train_labels).most_common(1)[0][0]
+        majority = Counter(train["label"]).most_common(1)[0][0]
+        references = list(validation["label"])
         return self.score([{"label_id": majority}] * len(references), references)
+
+    def finalize(self, predictions: list, references: list) -> tuple[list, list]:
+        return predictions, references  # one prediction per example already
+
+    def describe(self) -> dict:
+        return {"task": self.task, "label_names": self.label_names, "pooling": self.pooling,
+                "max_length": self.max_length}
+
+    def record(self, row: dict, prediction: dict, reference: int) -> dict:
+        return {"text": row["text"], "prediction": prediction, "reference": self.label_names[reference]}

@@ -7,6 +7,8 @@ used are handled by one documented rule per task and counted (see `validate_rows
 
 from __future__ import annotations
 
+import random
+
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from lm_tasks.config import TASK_FIELDS, TaskConfig
@@ -23,12 +25,11 @@ def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
         raw, label = _load_hub(cfg), f"Hub dataset '{d.hub_name}'"
     else:
         raw, label = _load_local(cfg), ", ".join(d.train_files)
-    splits = {name: _map_columns(ds, cfg, label) for name, ds in raw.items()}
     if d.max_rows is not None:
-        splits = {k: v.select(range(min(d.max_rows, len(v)))) for k, v in splits.items()}
-    if "validation" not in splits:
-        parts = splits["train"].train_test_split(test_size=d.val_ratio, seed=seed, shuffle=True)
-        splits = {"train": parts["train"], "validation": parts["test"]}
+        raw = {k: v.select(range(min(d.max_rows, len(v)))) for k, v in raw.items()}
+    if "validation" not in raw:
+        raw = split_off_validation(raw["train"], d.val_ratio, seed, d.split_by, label)
+    splits = {name: _map_columns(ds, cfg, label) for name, ds in raw.items()}
     info = {"source": label}
     if cfg.task == "classification":
         splits, info["label_names"] = _encode_labels(splits, cfg)
@@ -40,6 +41,24 @@ def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
             raise EmptyDataError(f"The {name} split of {cfg.task} data from {label} has no usable rows")
         dataset[name] = kept
     return DatasetDict(dataset), info
+
+
+def split_off_validation(train: Dataset, val_ratio: float, seed: int, split_by: str | None,
+                         label: str) -> dict:
+    """A seeded split; with `split_by`, whole groups (e.g. SQuAD articles) go to one side."""
+    if split_by is None:
+        parts = train.train_test_split(test_size=val_ratio, seed=seed, shuffle=True)
+        return {"train": parts["train"], "validation": parts["test"]}
+    if split_by not in train.column_names:
+        raise DataSourceError(f"{label} has no column '{split_by}' to split by (columns: {train.column_names})")
+    groups = sorted(set(train[split_by]))
+    if len(groups) < 2:
+        raise EmptyDataError(f"{label}: split_by='{split_by}' needs at least 2 groups, found {len(groups)}")
+    random.Random(seed).shuffle(groups)
+    held_out = set(groups[: max(1, round(len(groups) * val_ratio))])
+    keys = train[split_by]
+    return {"train": train.select([i for i, k in enumerate(keys) if k not in held_out]),
+            "validation": train.select([i for i, k in enumerate(keys) if k in held_out])}
 
 
 TEXT_FIELDS = {"classification": ("text",), "qa": ("context", "question"),

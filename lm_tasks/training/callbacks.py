@@ -26,7 +26,8 @@ class Throughput(L.Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += batch[0].numel() * trainer.world_size
+        inputs = batch["idx"] if isinstance(batch, dict) else batch[0]  # fine-tuning batches are dicts
+        self._tokens += inputs.numel() * trainer.world_size
         step = trainer.global_step
         if step % self.every == 0 and self._start is not None:
             rate = self._tokens / max(time.perf_counter() - self._start, 1e-9)

@@ -30,7 +30,10 @@ from lm_tasks.config import LifecycleConfig, TaskConfig
 from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.classification import ClassificationAdapter
 from lm_tasks.tasks.data import load_task_data
+from lm_tasks.tasks.qa import QAAdapter
+from lm_tasks.tasks.seq2seq import Seq2SeqAdapter
 from lm_tasks.tokenizer import load_tokenizer
+from lm_tasks.training.callbacks import Throughput
 from lm_tasks.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -52,12 +55,15 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self.adapter.loss(self.model, self.head, batch))
-        self._predictions += self.adapter.predict(self.model, self.head, batch)
-        self._references += self.adapter.references(batch)
+        self.log("val/loss", self.adapter.loss(self.model, self.head, batch), batch_size=len(batch["idx"]))
+        if self.task_cfg.monitor != "loss":  # generation-based metrics only when they are monitored
+            self._predictions += self.adapter.predict(self.model, self.head, batch)
+            self._references += self.adapter.references(batch)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.adapter.score(self._predictions, self._references)
+        if not self._predictions:
+            return
+        metrics = self.adapter.score(*self.adapter.finalize(self._predictions, self._references))
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.log(f"val/{name}", float(value), prog_bar=name == self.task_cfg.monitor)
@@ -71,10 +77,18 @@ class FinetuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def build_adapter(task_cfg: TaskConfig, info: dict, pad_id: int, max_length: int):
+def build_adapter(cfg: LifecycleConfig, task_cfg: TaskConfig, info: dict, model, tokenizer, max_length: int):
     if task_cfg.task == "classification":
-        return ClassificationAdapter(info["label_names"], task_cfg.pooling, max_length, pad_id)
-    raise ValueError(f"No adapter for task '{task_cfg.task}'")
+        return ClassificationAdapter(info["label_names"], task_cfg.pooling, max_length, model.config.pad_id)
+    sep_id = tokenizer.token_to_id(cfg.tokenizer.sep_token)
+    if sep_id is None:
+        raise ValueError(f"The model's tokenizer has no separator token '{cfg.tokenizer.sep_token}' "
+                         "(tokenizer.sep_token); pretrain with a tokenizer that includes it")
+    if task_cfg.task == "qa":
+        return QAAdapter(max_length, task_cfg.stride, task_cfg.max_answer_tokens, task_cfg.n_best, sep_id,
+                         model.config.pad_id)
+    return Seq2SeqAdapter(task_cfg.task, max_length, sep_id, model.config.eos_id, model.config.pad_id,
+                          task_cfg.num_beams, task_cfg.max_new_tokens, tokenizer)
 
 
 def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Path, out_dir: str | Path,
@@ -90,24 +104,26 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
                          f"model's block_size {model.config.block_size}")
     tokenizer = load_tokenizer(pretrained_dir / "tokenizer.json")
     dataset, info = load_task_data(task_cfg, cfg.seed)
-    adapter = build_adapter(task_cfg, info, model.config.pad_id, max_length)
+    adapter = build_adapter(cfg, task_cfg, info, model, tokenizer, max_length)
     encoded, truncated = {}, {}
     for split, ds in dataset.items():
         encoded[split], truncated[split] = adapter.encode(ds, tokenizer)
-    info["truncated"] = truncated
+    info["truncated"] = truncated  # classification, seq2seq: rows cut; qa: contexts split into windows
+    info.update(getattr(adapter, "skipped", {}))
     log.info("finetune %s: %s", task_name, {k: len(v) for k, v in encoded.items()})
 
     module = FinetuneModule(model, adapter, task_cfg)
     monitor = f"val/{task_cfg.monitor}"
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode=adapter.monitor_mode, save_top_k=1, enable_version_counter=False)
-    stopper = EarlyStopping(monitor=monitor, mode=adapter.monitor_mode, patience=task_cfg.patience)
+                                 mode=task_cfg.monitor_mode, save_top_k=1, enable_version_counter=False)
+    stopper = EarlyStopping(monitor=monitor, mode=task_cfg.monitor_mode, patience=task_cfg.patience)
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=task_cfg.max_steps, val_check_interval=task_cfg.val_check_interval,
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val, logger=logger, callbacks=[checkpoint, stopper],
+        gradient_clip_val=t.gradient_clip_val, logger=logger,
+        callbacks=[checkpoint, stopper, Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10))],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
     )
@@ -125,8 +141,9 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         for batch in val_loader:
             predictions += adapter.predict(module.model, module.head, batch)
             references += adapter.references(batch)
+    predictions, references = adapter.finalize(predictions, references)
     metrics = adapter.score(predictions, references)
-    baseline = adapter.baseline(list(encoded["train"]["label"]), references)
+    baseline = adapter.baseline(dataset["train"], dataset["validation"])
     _write_outputs(out_dir, module, adapter, dataset["validation"], predictions, references, pretrained_dir)
     summary = {"task": task_name, "metrics": metrics, "baseline": baseline, "info": info,
                "steps": trainer.global_step, "best_checkpoint": checkpoint.best_model_path}
@@ -138,15 +155,12 @@ def _write_outputs(out_dir: Path, module: FinetuneModule, adapter, validation, p
                    references: list, pretrained_dir: Path) -> None:
     model_dir = save_pretrained(module.model, out_dir / "model", pretrained_dir / "tokenizer.json")
     save_model(module.head, str(model_dir / "head.safetensors"))
-    (model_dir / "task.json").write_text(json.dumps(
-        {"task": adapter.task, "label_names": adapter.label_names, "pooling": adapter.pooling,
-         "max_length": adapter.max_length}, indent=2) + "\n")
+    (model_dir / "task.json").write_text(json.dumps(adapter.describe(), indent=2) + "\n")
     with atomic_path(out_dir / "predictions.jsonl") as tmp:
         with open(tmp, "w") as f:
-            for row, prediction, reference in zip(validation, predictions, references):
-                record = {"text": row["text"], "prediction": prediction,
-                          "reference": adapter.label_names[reference]}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for i, (prediction, reference) in enumerate(zip(predictions, references)):
+                row = validation[prediction.get("example_id", i)]  # qa may skip examples
+                f.write(json.dumps(adapter.record(row, prediction, reference), ensure_ascii=False) + "\n")
     if adapter.task == "classification":
         plot_confusion_matrix([p["label_id"] for p in predictions], references, adapter.label_names,
                               out_dir / "confusion_matrix.png")

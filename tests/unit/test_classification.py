@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from datasets import Dataset
 
 from lm_tasks.models.gpt import GPT, GPTConfig
 from lm_tasks.tasks.classification import ClassificationAdapter, ClassificationHead
@@ -42,5 +43,5 @@ def test_adapter_batches_predicts_and_scores():
 
 def test_majority_baseline():
     adapter = ClassificationAdapter(["a", "b"], pooling="last", max_length=8, pad_id=0)
-    baseline = adapter.baseline(train_labels=[1, 1, 0], references=[1, 0, 1, 1])
+    baseline = adapter.baseline(Dataset.from_dict({"label": [1, 1, 0]}), Dataset.from_dict({"label": [1, 0, 1, 1]}))
     assert baseline["accuracy"] == pytest.approx(0.75)

@@ -17,7 +17,7 @@ DOCS = ["first document, with words", "second one", "a third, longer document ab
 @pytest.fixture
 def packed(tmp_path):
     cfg = TokenizerConfig(name="bpe", kind="bpe", vocab_size=300, min_frequency=1, eos_token="<|endoftext|>",
-                          pad_token="<|pad|>", unk_token="<|unk|>", extra_special_tokens=[])
+                          pad_token="<|pad|>", unk_token="<|unk|>", sep_token="<|sep|>", extra_special_tokens=[])
     tok_path = tmp_path / "tokenizer.json"
     tokenizer = train_tokenizer(Dataset.from_dict({"text": DOCS}), cfg, tok_path)
     eos = special_token_ids(tokenizer, cfg).eos_id

@@ -78,6 +78,10 @@ def test_missing_column_names_the_field_and_columns(tmp_path):
         load_task_data(cfg, seed=0)
 
 
-def test_tasks_not_yet_available_say_so():
-    with pytest.raises(ConfigError, match="not available yet"):
+def test_a_task_needs_a_column_for_every_field():
+    with pytest.raises(ConfigError, match="finetune.qa.data.columns needs a column for context, question, answers"):
         load_config(["finetune=classification", "finetune.classification.task=qa"])
+
+
+def test_all_selects_every_task():
+    assert sorted(load_config(["finetune=all"]).finetune) == ["classification", "qa", "summarization", "translation"]

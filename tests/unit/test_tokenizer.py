@@ -21,7 +21,7 @@ TEXTS = [
 def config(kind: str = "bpe", vocab_size: int = 400) -> TokenizerConfig:
     return TokenizerConfig(name=kind, kind=kind, vocab_size=vocab_size, min_frequency=2,
                            eos_token="<|endoftext|>", pad_token="<|pad|>", unk_token="<|unk|>",
-                           extra_special_tokens=["<|sep|>"])
+                           sep_token="<|sep|>", extra_special_tokens=["<|user|>"])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_special_tokens_are_single_ids_in_order(bpe):
     tokenizer = load_tokenizer(bpe)
     specials = special_token_ids(tokenizer, config())
     assert (specials.eos_id, specials.pad_id) == (0, 1)
-    assert tokenizer.token_to_id("<|sep|>") == 3
+    assert tokenizer.token_to_id("<|sep|>") == 3 and tokenizer.token_to_id("<|user|>") == 4
     assert tokenizer.encode("a<|endoftext|>b", add_special_tokens=False).ids.count(0) == 1
     assert specials.vocab_size == tokenizer.get_vocab_size() <= 400
 

@@ -44,6 +44,7 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
                               for k, v in r.metrics.items()})
         tracking.log_metrics({f"lifecycle/{r.stage}_seconds": r.seconds for r in results})
         summary = summary_markdown(f"Lifecycle `{tracking.default_run_name(cfg)}` (MLflow run {run_id})", results)
+        summary += "\n### Evaluation\n\n" + (Path(cfg.paths.eval_dir) / "report.md").read_text()
         mlflow.log_text(summary, "summary.md")
     create_markdown_artifact(summary, key="lifecycle-summary", description="Stages, durations, key metrics")
     print(summary, flush=True)

@@ -23,6 +23,7 @@ from lm_tasks.data.packing import pack_split
 from lm_tasks.data.prepare import load_prepared, prepare_data
 from lm_tasks.evaluation import evaluate_lm
 from lm_tasks.models.io import load_pretrained
+from lm_tasks.tasks.evaluate import evaluate_task
 from lm_tasks.tokenizer import special_token_ids, train_tokenizer
 
 MANIFEST = "stage.json"
@@ -132,15 +133,11 @@ def run_finetune(cfg: LifecycleConfig, task: str, parent_run_id: str | None = No
     with tracking.tracked_run(cfg, "finetune", parent_run_id, tags) as run:
         logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=run.info.run_id)
         summary = finetune_task(cfg, task, model_dir, out, logger)
-        metrics = {f"eval/{task}/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
-        metrics.update({f"eval/{task}/baseline_{k}": v for k, v in summary["baseline"].items()
-                        if isinstance(v, (int, float))})
+        metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
         tracking.log_metrics(metrics)
-        for name in ("metrics.json", "predictions.jsonl", "confusion_matrix.png"):
-            if (out / name).exists():
-                mlflow.log_artifact(str(out / name))
+        mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
-        return _finish(f"finetune:{task}", out, file_digest(out / "model" / "model.safetensors"), run, start,
+        return _finish(f"finetune:{task}", out, file_digest(out / "model" / "head.safetensors"), run, start,
                        metrics)
 
 
@@ -166,24 +163,49 @@ def pretrained_model(cfg: LifecycleConfig) -> tuple[Path, str]:
 
 
 def run_evaluate(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
+    """The pretrained LM on held-out text, then every selected fine-tuned task; one report."""
     pretrained = read_stage(cfg.paths.pretrain_dir, "pretrain")
     tokens = read_stage(cfg.paths.tokenizer_dir, "tokenizer")
+    tuned = {task: read_stage(Path(cfg.paths.finetune_dir) / task, f"finetune task={task}") for task in cfg.finetune}
     out = Path(cfg.paths.eval_dir)
     start = time.perf_counter()
-    tags = {"task": "lm", "input.model_digest": pretrained.digest, "input.tokens_digest": tokens.digest}
+    tags = {"task": ",".join(["lm", *cfg.finetune]), "input.model_digest": pretrained.digest,
+            "input.tokens_digest": tokens.digest, **{f"input.{t}_digest": r.digest for t, r in tuned.items()}}
     with tracking.tracked_run(cfg, "evaluate", parent_run_id, tags) as run:
         model = load_pretrained(Path(pretrained.output_dir) / "model")
         lm, samples = evaluate_lm(model, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json",
                                   cfg.eval, cfg.seed)
-        metrics = {f"eval/lm/{k}": v for k, v in lm.items()}
-        tracking.log_metrics(metrics)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", metrics)
         (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        mlflow.log_artifact(str(out / "metrics.json"))
-        mlflow.log_artifact(str(out / "samples.jsonl"))
-        digest = file_digest(out / "metrics.json")
-        return _finish("evaluate", out, digest, run, start, metrics)
+        report = {"lm": {"metrics": lm, "baseline": {k.removeprefix("unigram_"): v for k, v in lm.items()
+                                                     if k.startswith("unigram_")}}}
+        for task, result in tuned.items():
+            report[task] = evaluate_task(cfg, task, Path(result.output_dir) / "model", out / task)
+            mlflow.log_artifacts(str(out / task), task)
+        metrics = {f"eval/lm/{k}": v for k, v in lm.items()}
+        for task in tuned:
+            metrics.update({f"eval/{task}/{k}": v for k, v in report[task]["metrics"].items()
+                            if isinstance(v, (int, float))})
+            metrics.update({f"eval/{task}/baseline_{k}": v for k, v in report[task]["baseline"].items()
+                            if isinstance(v, (int, float))})
+        tracking.log_metrics(metrics)
+        write_json(out / "report.json", report)
+        (out / "report.md").write_text(report_markdown(report))
+        for name in ("report.json", "report.md", "samples.jsonl"):
+            mlflow.log_artifact(str(out / name))
+        return _finish("evaluate", out, file_digest(out / "report.json"), run, start, metrics)
+
+
+def report_markdown(report: dict) -> str:
+    """One table: every task's metrics beside its trivial baseline."""
+    lines = ["| task | metric | model | baseline |", "|---|---|---|---|"]
+    for task, result in report.items():
+        for name, value in result["metrics"].items():
+            if isinstance(value, (int, float)) and not name.startswith("unigram_"):
+                baseline = result["baseline"].get(name)
+                shown = f"{baseline:.4g}" if isinstance(baseline, (int, float)) else "-"
+                lines.append(f"| {task} | {name} | {value:.4g} | {shown} |")
+    return "\n".join(lines) + "\n"
 
 
 def _finish(stage: str, out: Path, digest: str, run, start: float, metrics: dict) -> StageResult:

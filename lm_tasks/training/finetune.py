@@ -1,14 +1,13 @@
 """Task fine-tuning: one LightningModule for every task, the task-specific parts in an adapter.
 
 The recipe loads the exported pretrained model, builds the adapter's head, trains with
-early stopping on the task's validation metric, keeps the best checkpoint, and writes
-the fine-tuned model, validation predictions (JSONL) and metrics beside the baseline's.
+early stopping on the task's validation metric and exports the best checkpoint. The
+evaluate stage (`lm_tasks.tasks.evaluate`) then scores the exported model.
 
 Output folder (`paths.finetune_dir/<task>`):
     checkpoints/best.ckpt   the best checkpoint by the monitored validation metric
     model/                  backbone (exported format) + head.safetensors + task.json
-    predictions.jsonl       one line per validation example: prediction and reference
-    metrics.json            the task metrics and the trivial baseline's
+    train_summary.json      best validation score, steps, data counts
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ from torch.utils.data import DataLoader
 from lm_tasks.artifacts import atomic_path, write_json
 from lm_tasks.config import LifecycleConfig, TaskConfig
 from lm_tasks.models.io import load_pretrained, save_pretrained
-from lm_tasks.tasks.classification import ClassificationAdapter
+from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
-from lm_tasks.tasks.qa import QAAdapter
-from lm_tasks.tasks.seq2seq import Seq2SeqAdapter
 from lm_tasks.tokenizer import load_tokenizer
 from lm_tasks.training.callbacks import Throughput
 from lm_tasks.training.optim import build_optimizer
@@ -77,20 +74,6 @@ class FinetuneModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def build_adapter(cfg: LifecycleConfig, task_cfg: TaskConfig, info: dict, model, tokenizer, max_length: int):
-    if task_cfg.task == "classification":
-        return ClassificationAdapter(info["label_names"], task_cfg.pooling, max_length, model.config.pad_id)
-    sep_id = tokenizer.token_to_id(cfg.tokenizer.sep_token)
-    if sep_id is None:
-        raise ValueError(f"The model's tokenizer has no separator token '{cfg.tokenizer.sep_token}' "
-                         "(tokenizer.sep_token); pretrain with a tokenizer that includes it")
-    if task_cfg.task == "qa":
-        return QAAdapter(max_length, task_cfg.stride, task_cfg.max_answer_tokens, task_cfg.n_best, sep_id,
-                         model.config.pad_id)
-    return Seq2SeqAdapter(task_cfg.task, max_length, sep_id, model.config.eos_id, model.config.pad_id,
-                          task_cfg.num_beams, task_cfg.max_new_tokens, tokenizer)
-
-
 def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Path, out_dir: str | Path,
                   logger: Logger | bool = False) -> dict:
     """Fine-tune the pretrained model on one task; return metrics, baseline and counts."""
@@ -104,7 +87,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
                          f"model's block_size {model.config.block_size}")
     tokenizer = load_tokenizer(pretrained_dir / "tokenizer.json")
     dataset, info = load_task_data(task_cfg, cfg.seed)
-    adapter = build_adapter(cfg, task_cfg, info, model, tokenizer, max_length)
+    adapter = build_adapter(task_cfg, info, model.config, tokenizer, cfg.tokenizer.sep_token, max_length)
     encoded, truncated = {}, {}
     for split, ds in dataset.items():
         encoded[split], truncated[split] = adapter.encode(ds, tokenizer)
@@ -135,56 +118,16 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
 
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
-    module.eval()
-    predictions, references = [], []
-    with torch.no_grad():
-        for batch in val_loader:
-            predictions += adapter.predict(module.model, module.head, batch)
-            references += adapter.references(batch)
-    predictions, references = adapter.finalize(predictions, references)
-    metrics = adapter.score(predictions, references)
-    baseline = adapter.baseline(dataset["train"], dataset["validation"])
-    _write_outputs(out_dir, module, adapter, dataset["validation"], predictions, references, pretrained_dir)
-    summary = {"task": task_name, "metrics": metrics, "baseline": baseline, "info": info,
-               "steps": trainer.global_step, "best_checkpoint": checkpoint.best_model_path}
-    write_json(out_dir / "metrics.json", summary)
+    save_task_model(module, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
+    summary = {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
+               "steps": trainer.global_step, "info": info}
+    write_json(out_dir / "train_summary.json", summary)
     return summary
 
 
-def _write_outputs(out_dir: Path, module: FinetuneModule, adapter, validation, predictions: list,
-                   references: list, pretrained_dir: Path) -> None:
-    model_dir = save_pretrained(module.model, out_dir / "model", pretrained_dir / "tokenizer.json")
-    save_model(module.head, str(model_dir / "head.safetensors"))
-    (model_dir / "task.json").write_text(json.dumps(adapter.describe(), indent=2) + "\n")
-    with atomic_path(out_dir / "predictions.jsonl") as tmp:
-        with open(tmp, "w") as f:
-            for i, (prediction, reference) in enumerate(zip(predictions, references)):
-                row = validation[prediction.get("example_id", i)]  # qa may skip examples
-                f.write(json.dumps(adapter.record(row, prediction, reference), ensure_ascii=False) + "\n")
-    if adapter.task == "classification":
-        plot_confusion_matrix([p["label_id"] for p in predictions], references, adapter.label_names,
-                              out_dir / "confusion_matrix.png")
-
-
-def plot_confusion_matrix(predicted: list[int], actual: list[int], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(names)
-    counts = [[0] * n for _ in range(n)]
-    for p, a in zip(predicted, actual):
-        counts[a][p] += 1
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.2 * n + 1.5))
-    ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, counts[i][j], ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def save_task_model(module: FinetuneModule, adapter, model_dir: Path, tokenizer_path: Path) -> None:
+    """The exported backbone plus the task head and what is needed to rebuild the adapter."""
+    with atomic_path(model_dir, is_dir=True) as tmp:
+        save_pretrained(module.model, tmp, tokenizer_path)
+        save_model(module.head, str(tmp / "head.safetensors"))
+        (tmp / "task.json").write_text(json.dumps(adapter.describe(), indent=2) + "\n")

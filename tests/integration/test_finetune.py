@@ -13,6 +13,7 @@ from lm_tasks.config import load_config
 from lm_tasks.models.gpt import GPT, GPTConfig
 from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.embedded import sentiment
+from lm_tasks.tasks.evaluate import evaluate_task
 from lm_tasks.tokenizer import special_token_ids, train_tokenizer
 from lm_tasks.training.finetune import finetune_task
 
@@ -37,19 +38,20 @@ def test_classification_beats_the_majority_baseline(tmp_path):
                        "finetune.classification.val_check_interval=50", "finetune.classification.batch_size=32"])
     pretrained = small_pretrained_model(tmp_path, cfg)
     out = tmp_path / "ft"
-    summary = finetune_task(cfg, "classification", pretrained, out)
-    assert summary["metrics"]["accuracy"] > 0.9
-    assert summary["baseline"]["accuracy"] < 0.6
-    assert summary["info"]["label_names"] == ["negative", "positive"]
+    trained = finetune_task(cfg, "classification", pretrained, out)
+    assert trained["best_val_accuracy"] > 0.9 and trained["info"]["label_names"] == ["negative", "positive"]
 
-    # The kept model reloads, and the predictions file holds one line per validation row.
+    # The exported task model, reloaded, scores the same far above the majority baseline.
+    summary = evaluate_task(cfg, "classification", out / "model", tmp_path / "eval")
+    assert summary["metrics"]["accuracy"] == pytest.approx(trained["best_val_accuracy"])
+    assert summary["baseline"]["accuracy"] < 0.6
     model = load_pretrained(out / "model")
     assert model.config.n_embd == 64
     task = json.loads((out / "model" / "task.json").read_text())
     assert task == {"task": "classification", "label_names": ["negative", "positive"], "pooling": "last",
                     "max_length": 32}
-    lines = (out / "predictions.jsonl").read_text().splitlines()
+    lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 300
     correct = sum(json.loads(line)["prediction"]["label"] == json.loads(line)["reference"] for line in lines)
     assert correct / 300 == pytest.approx(summary["metrics"]["accuracy"])
-    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000

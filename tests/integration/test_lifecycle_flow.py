@@ -15,7 +15,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.lifecycle import lifecycle
 from lm_tasks.config import load_config
 from lm_tasks.models.io import load_pretrained
-from lm_tasks.stages import read_stage, run_data, run_tokenizer
+from lm_tasks.stages import pretrained_model, read_stage, run_data, run_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert "stats.json" in artifacts(children["data"])
     assert "tokenizer.json" in artifacts(children["tokenizer"])
     assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json"}
-    assert {"samples.jsonl", "metrics.json"} <= artifacts(children["evaluate"])
+    assert {"samples.jsonl", "report.json", "report.md"} <= artifacts(children["evaluate"])
 
     # The exported model reproduces the evaluated loss.
     model = load_pretrained(Path(smoke_cfg.paths.pretrain_dir) / "model")
@@ -96,24 +96,47 @@ def test_stage_alone_reads_the_previous_stage_output(smoke_overrides):
     assert "mlflow.parentRunId" not in run.data.tags
 
 
-def test_lifecycle_with_classification_fine_tuning(prefect_harness, smoke_overrides, smoke_cfg):
-    overrides = smoke_overrides + ["finetune=classification", "finetune.classification.max_steps=4",
-                                   "finetune.classification.val_check_interval=2",
-                                   "finetune.classification.data.max_rows=64"]
+TASK_METRICS = {"classification": "accuracy", "qa": "f1", "summarization": "rouge1", "translation": "bleu"}
+
+
+def test_lifecycle_fine_tunes_every_task(prefect_harness, smoke_overrides, smoke_cfg):
+    overrides = smoke_overrides + ["finetune=all", "finetune.qa.stride=4"]
+    for task in TASK_METRICS:
+        overrides += [f"finetune.{task}.max_steps=4", f"finetune.{task}.val_check_interval=2",
+                      f"finetune.{task}.data.max_rows=24", f"finetune.{task}.max_new_tokens=6"]
     result = lifecycle(overrides=overrides)
-    assert list(result) == ["data", "tokenizer", "pretrain", "finetune:classification", "evaluate"]
+    assert list(result) == ["data", "tokenizer", "pretrain", *[f"finetune:{t}" for t in smoke_cfg_tasks()],
+                            "evaluate"]
 
     client = mlflow_client(smoke_cfg)
     experiment = client.get_experiment_by_name("lm-lifecycle")
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'finetune'")
-    assert len(runs) == 1 and runs[0].data.tags["task"] == "classification"
-    metrics = runs[0].data.metrics
-    for key in ("eval/classification/accuracy", "eval/classification/macro_f1",
-                "eval/classification/baseline_accuracy", "val/accuracy", "train/loss"):
-        assert key in metrics, key
-    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
-    assert {"predictions.jsonl", "metrics.json", "confusion_matrix.png", "model"} <= artifacts
-    out = Path(smoke_cfg.paths.finetune_dir) / "classification"
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 64  # max_rows applies to each split of the embedded set
-    assert {p["reference"] for p in predictions} <= {"negative", "positive"}
+    runs = {r.data.tags["task"]: r for r in client.search_runs([experiment.experiment_id], "tags.stage = 'finetune'")}
+    assert set(runs) == set(TASK_METRICS)
+    [evaluation] = client.search_runs([experiment.experiment_id], "tags.stage = 'evaluate'")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.stage = 'lifecycle'")
+    eval_artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"report.json", "report.md", *TASK_METRICS} <= eval_artifacts
+    report = json.loads((Path(smoke_cfg.paths.eval_dir) / "report.json").read_text())
+    assert set(report) == {"lm", *TASK_METRICS}
+    for task, metric in TASK_METRICS.items():
+        assert "train/loss" in runs[task].data.metrics
+        assert {a.path for a in client.list_artifacts(runs[task].info.run_id)} >= {"model", "train_summary.json"}
+        value = evaluation.data.metrics[f"eval/{task}/{metric}"]
+        assert value == report[task]["metrics"][metric] == parent.data.metrics[f"eval/{task}/{metric}"]
+        assert f"eval/{task}/baseline_{metric}" in evaluation.data.metrics
+        assert f"| {task} | {metric} |" in (Path(smoke_cfg.paths.eval_dir) / "report.md").read_text()
+        task_files = {a.path.split("/")[-1] for a in client.list_artifacts(evaluation.info.run_id, task)}
+        assert {"predictions.jsonl", "metrics.json"} <= task_files
+        lines = (Path(smoke_cfg.paths.eval_dir) / task / "predictions.jsonl").read_text().splitlines()
+        assert lines and all("prediction" in json.loads(line) for line in lines)
+    assert "confusion_matrix.png" in {a.path.split("/")[-1]
+                                      for a in client.list_artifacts(evaluation.info.run_id, "classification")}
+
+    # Fine-tuning can start from any pretraining run, by MLflow run id.
+    [pretrain] = client.search_runs([experiment.experiment_id], "tags.stage = 'pretrain'")
+    model_dir, digest = pretrained_model(load_config(smoke_overrides + [f"init_from={pretrain.info.run_id}"]))
+    assert digest == result["pretrain"]["digest"] and (model_dir / "tokenizer.json").is_file()
+
+
+def smoke_cfg_tasks() -> list[str]:
+    return ["classification", "qa", "summarization", "translation"]  # finetune=all, in its defaults order

@@ -29,5 +29,6 @@ def test_short_pretraining_beats_the_unigram_model(tmp_path):
     assert 0 < metrics["eval/lm/bpb"] < metrics["eval/lm/unigram_bpb"]
     checkpoints = sorted(p.name for p in Path(cfg.paths.pretrain_dir, "checkpoints").iterdir())
     assert checkpoints == ["best.ckpt", "last.ckpt"]
-    saved = json.loads(Path(cfg.paths.eval_dir, "metrics.json").read_text())
-    assert saved == pytest.approx(metrics)
+    saved = json.loads(Path(cfg.paths.eval_dir, "report.json").read_text())["lm"]
+    assert saved["metrics"]["loss"] == pytest.approx(metrics["eval/lm/loss"])
+    assert saved["baseline"]["loss"] == pytest.approx(metrics["eval/lm/unigram_loss"])

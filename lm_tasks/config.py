@@ -216,6 +216,7 @@ class TaskConfig:
     pooling: str
     batch_size: int
     max_steps: int
+    max_minutes: Optional[float]
     val_check_interval: int
     patience: int
     lr: float
@@ -228,6 +229,7 @@ class TaskConfig:
     stride: int
     max_answer_tokens: int
     n_best: int
+    allow_no_answer: bool
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)

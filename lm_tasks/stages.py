@@ -182,12 +182,10 @@ def run_evaluate(cfg: LifecycleConfig, parent_run_id: str | None = None) -> Stag
         for task, result in tuned.items():
             report[task] = evaluate_task(cfg, task, Path(result.output_dir) / "model", out / task)
             mlflow.log_artifacts(str(out / task), task)
-        metrics = {f"eval/lm/{k}": v for k, v in lm.items()}
+        metrics = _numbers(lm, "eval/lm/")
         for task in tuned:
-            metrics.update({f"eval/{task}/{k}": v for k, v in report[task]["metrics"].items()
-                            if isinstance(v, (int, float))})
-            metrics.update({f"eval/{task}/baseline_{k}": v for k, v in report[task]["baseline"].items()
-                            if isinstance(v, (int, float))})
+            metrics.update(_numbers(report[task]["metrics"], f"eval/{task}/"))
+            metrics.update(_numbers(report[task]["baseline"], f"eval/{task}/baseline_"))
         tracking.log_metrics(metrics)
         write_json(out / "report.json", report)
         (out / "report.md").write_text(report_markdown(report))
@@ -206,6 +204,10 @@ def report_markdown(report: dict) -> str:
                 shown = f"{baseline:.4g}" if isinstance(baseline, (int, float)) else "-"
                 lines.append(f"| {task} | {name} | {value:.4g} | {shown} |")
     return "\n".join(lines) + "\n"
+
+
+def _numbers(values: dict, prefix: str) -> dict:
+    return {f"{prefix}{k}": v for k, v in values.items() if isinstance(v, (int, float))}
 
 
 def _finish(stage: str, out: Path, digest: str, run, start: float, metrics: dict) -> StageResult:

@@ -10,7 +10,9 @@ tokens. The tokenizer's offset mapping ties every context token to its character
 so a predicted token span maps back to an exact character span of the context.
 Post-processing takes the `n_best` start and end positions of every window, keeps the
 valid spans of at most `max_answer_tokens`, and answers with the best span over all
-windows, or "" (unanswerable) when every window prefers its no-answer position.
+windows, or "" (unanswerable) when every window prefers its no-answer position and
+`allow_no_answer` is on (for data like SQuAD v1.1, where every question has an answer,
+turn it off: the best span is then always given).
 
 Answers whose text is not found at `answer_start` in the context are dropped and
 counted; an example left without answers that had some is skipped (counted too).
@@ -34,8 +36,8 @@ class QAAdapter:
     task = "qa"
 
     def __init__(self, max_length: int, stride: int, max_answer_tokens: int, n_best: int, sep_id: int,
-                 pad_id: int):
-        self.max_length, self.stride = max_length, stride
+                 pad_id: int, allow_no_answer: bool = True):
+        self.max_length, self.stride, self.allow_no_answer = max_length, stride, allow_no_answer
         self.max_answer_tokens, self.n_best = max_answer_tokens, n_best
         self.sep_id, self.pad_id = sep_id, pad_id
         self.skipped = {"answers_not_in_context": 0, "examples_without_valid_answer": 0}
@@ -140,7 +142,8 @@ class QAAdapter:
             spans = [span for w in windows for span in w["spans"]]
             best = max(spans, default=None)
             null = min(w["null"] for w in windows)
-            text = "" if best is None or null > best[0] else windows[0]["context"][best[1]:best[2]].strip()
+            no_answer = best is None or (self.allow_no_answer and null > best[0])
+            text = "" if no_answer else windows[0]["context"][best[1]:best[2]].strip()
             final.append({"example_id": example_id, "text": text})
             golds.append(answers[example_id])
         return final, golds
@@ -157,7 +160,8 @@ class QAAdapter:
 
     def describe(self) -> dict:
         return {"task": self.task, "max_length": self.max_length, "stride": self.stride,
-                "max_answer_tokens": self.max_answer_tokens, "n_best": self.n_best, "sep_id": self.sep_id}
+                "max_answer_tokens": self.max_answer_tokens, "n_best": self.n_best, "sep_id": self.sep_id,
+                "allow_no_answer": self.allow_no_answer}
 
     def record(self, row: dict, prediction: dict, reference: list[str]) -> dict:
         return {"question": row["question"], "prediction": prediction["text"], "answers": reference}

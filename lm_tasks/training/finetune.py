@@ -76,7 +76,7 @@ class FinetuneModule(L.LightningModule):
 
 def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Path, out_dir: str | Path,
                   logger: Logger | bool = False) -> dict:
-    """Fine-tune the pretrained model on one task; return metrics, baseline and counts."""
+    """Fine-tune the pretrained model on one task; return the best validation score, steps, data counts."""
     task_cfg = cfg.finetune[task_name]
     out_dir, pretrained_dir = Path(out_dir), Path(pretrained_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -104,6 +104,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=task_cfg.max_steps, val_check_interval=task_cfg.val_check_interval,
+        max_time={"minutes": task_cfg.max_minutes} if task_cfg.max_minutes else None,
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val, logger=logger,
         callbacks=[checkpoint, stopper, Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10))],

@@ -76,6 +76,9 @@ def test_postprocessing_picks_the_best_span_over_windows_or_no_answer():
     assert [p["text"] for p in final] == ["Oslo", ""]
     assert golds == [["Oslo"], []]
     assert adapter.score(final, golds) == {"exact_match": 100.0, "f1": 100.0}
+    always_answer = QAAdapter(max_length=64, stride=8, max_answer_tokens=3, n_best=5, sep_id=3, pad_id=1,
+                              allow_no_answer=False)
+    assert [p["text"] for p in always_answer.finalize(windows, refs)[0]] == ["Oslo", "Alice"]
 
 
 def test_logits_mask_everything_but_context_and_separator():

@@ -85,3 +85,25 @@ def test_a_task_needs_a_column_for_every_field():
 
 def test_all_selects_every_task():
     assert sorted(load_config(["finetune=all"]).finetune) == ["classification", "qa", "summarization", "translation"]
+
+
+def test_unreachable_hub_task_dataset_points_to_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    cfg = task_cfg("finetune.classification.data.source=hub", "finetune.classification.data.hub_name=someone/reviews")
+    with pytest.raises(DataSourceError, match=r"(?s)Hub dataset 'someone/reviews' for classification.*source=local"):
+        load_task_data(cfg, seed=0)
+
+
+def test_split_by_keeps_groups_on_one_side(tmp_path):
+    rows = [{"title": f"article{i % 10}", "text": f"row {i}", "label": i % 2} for i in range(100)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]",
+                   "finetune.classification.data.split_by=title", "finetune.classification.data.val_ratio=0.2")
+    data, _ = load_task_data(cfg, seed=0)
+    title = {r["text"]: r["title"] for r in rows}
+    train_titles = {title[t] for t in data["train"]["text"]}
+    val_titles = {title[t] for t in data["validation"]["text"]}
+    assert len(val_titles) == 2 and not train_titles & val_titles

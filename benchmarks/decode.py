@@ -1,6 +1,6 @@
 """Decode speed of GPT.generate with and without the KV cache, side by side.
 
-    .venv/bin/python benchmarks/decode.py [--new-tokens 128] [--threads 2] [--out decode.json]
+    .venv/bin/python benchmarks/decode.py [--new-tokens 128] [--threads 2] [--out outputs/benchmarks/decode.json]
 
 Same model (the `model=tiny` shape, random weights), same prompt, greedy decoding,
 same thread count; prints a table and writes JSON. A benchmark, never a test.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="decode.json")
+    parser.add_argument("--out", default="outputs/benchmarks/decode.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -49,6 +50,7 @@ def main() -> None:
               "speedup": cached / uncached}
     print(f"{'decode':<12}{'tokens/s':>12}\n{'KV cache':<12}{cached:>12.0f}\n{'no cache':<12}{uncached:>12.0f}\n"
           f"{'speed-up':<12}{cached / uncached:>11.2f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
 

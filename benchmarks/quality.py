@@ -1,6 +1,6 @@
 """Task quality on real data (../shared/data), each task beside its trivial baseline.
 
-    .venv/bin/python benchmarks/quality.py [--minutes 15] [--tasks classification,qa,...] [--out quality.json]
+    .venv/bin/python benchmarks/quality.py [--minutes 15] [--tasks classification,qa,...] [--out outputs/benchmarks/quality.json]
 
 Pretrains the default model (the `make run` configuration) once, then fine-tunes and
 evaluates each task on its real dataset, selected by config overrides alone (the same
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per task")
     parser.add_argument("--tasks", default=",".join(REAL_DATA))
     parser.add_argument("--name", default="quality")
-    parser.add_argument("--out", default="quality.json")
+    parser.add_argument("--out", default="outputs/benchmarks/quality.json")
     args = parser.parse_args()
     common = [f"name={args.name}", "trainer.enable_progress_bar=false"]
 
@@ -89,6 +89,7 @@ def main() -> None:
     print(f"| task | metric | model | baseline | examples | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['metric']} | {r['model']:.4g} | {r['baseline']:.4g} | {r['examples']} | {r['seconds']} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"pretrain_seconds": pretrain_seconds, "tasks": rows}, indent=2))
 
 

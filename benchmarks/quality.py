@@ -86,7 +86,7 @@ def main() -> None:
         print(f"{task}: {metric} {rows[-1]['model']:.4g} vs baseline {rows[-1]['baseline']:.4g}", flush=True)
 
     print(f"\npretraining: {pretrain_seconds:.0f} s (reused if 0)\n")
-    print(f"| task | metric | model | baseline | examples | seconds |\n|---|---|---|---|---|---|")
+    print("| task | metric | model | baseline | examples | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['metric']} | {r['model']:.4g} | {r['baseline']:.4g} | {r['examples']} | {r['seconds']} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -189,7 +189,6 @@ TASK_FIELDS = {
     "summarization": ("source", "target"),
     "translation": ("source", "target"),
 }
-AVAILABLE_TASKS = TASKS
 
 
 @dataclass
@@ -233,10 +232,6 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)
-        if self.task not in AVAILABLE_TASKS:
-            raise ConfigError(
-                f"finetune task '{self.task}' is not available yet; available: {', '.join(AVAILABLE_TASKS)}"
-            )
         _check_choice(f"finetune.{self.task}.data.source", self.data.source, ("embedded", "hub", "local"))
         _check_choice(f"finetune.{self.task}.pooling", self.pooling, ("last", "mean"))
         missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]

@@ -74,7 +74,7 @@ def _load_local(cfg: DataConfig) -> DatasetDict:
     for split, files in splits.items():
         if all(Path(f).stat().st_size == 0 for f in files):
             raise EmptyDataError(f"The {split} data from source '{cfg.name}' is empty: {', '.join(files)}")
-    builder = _builder_for(splits)
+    builder = builder_for(splits)
     kwargs = {}
     if builder == "text":
         # Invalid UTF-8 bytes become U+FFFD here; cleaning then removes them (counted).
@@ -100,7 +100,7 @@ def expand_files(patterns: list[str], key: str) -> list[str]:
     return files
 
 
-def _builder_for(splits: dict[str, list[str]]) -> str:
+def builder_for(splits: dict[str, list[str]]) -> str:
     suffixes = {Path(f).suffix.lower() for group in splits.values() for f in group}
     unknown = suffixes - set(BUILDERS)
     if unknown:

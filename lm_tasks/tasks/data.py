@@ -12,7 +12,7 @@ import random
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from lm_tasks.config import TASK_FIELDS, TaskConfig
-from lm_tasks.data.sources import BUILDERS, DataSourceError, EmptyDataError, expand_files, _builder_for
+from lm_tasks.data.sources import BUILDERS, DataSourceError, EmptyDataError, builder_for, expand_files
 from lm_tasks.tasks.embedded import embedded_task_dataset
 
 
@@ -98,7 +98,7 @@ def _load_local(cfg: TaskConfig) -> DatasetDict:
     files = {"train": expand_files(d.train_files, f"finetune.{cfg.task}.data.train_files")}
     if d.validation_files:
         files["validation"] = expand_files(d.validation_files, f"finetune.{cfg.task}.data.validation_files")
-    builder = _builder_for(files)
+    builder = builder_for(files)
     if builder == "text":
         raise DataSourceError(f"Task data must be one of jsonl, csv or parquet, not txt ({sorted(BUILDERS)})")
     try:

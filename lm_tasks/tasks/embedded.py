@@ -146,7 +146,7 @@ def question_answering(n_train: int = 3000, n_validation: int = 300, seed: int =
     def example() -> dict:
         people = rng.sample(PEOPLE, 4)
         present, absent = people[:3], people[3]
-        sentences, facts = [], []
+        sentences = []
         for name in present:
             for kind in rng.sample(list(FACTS), 2):
                 statement, question, values = FACTS[kind]

@@ -18,6 +18,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
+from lm_tasks.tasks.batching import pad
 from lm_tasks.models.gpt import GPT
 
 
@@ -58,9 +59,7 @@ class ClassificationAdapter:
 
     def collate(self, rows: list[dict]) -> dict:
         lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-        idx = torch.full((len(rows), int(lengths.max())), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(rows):
-            idx[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        idx = pad([r["input_ids"] for r in rows], self.pad_id)
         return {"idx": idx, "lengths": lengths, "labels": torch.tensor([r["label"] for r in rows])}
 
     def logits(self, model: GPT, head: nn.Module, batch: dict) -> torch.Tensor:

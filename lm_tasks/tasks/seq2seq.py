@@ -19,6 +19,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
+from lm_tasks.tasks.batching import pad
 from lm_tasks.models.gpt import GPT
 
 IGNORE = -100
@@ -52,12 +53,8 @@ class Seq2SeqAdapter:
         return Dataset.from_dict(rows), truncated
 
     def collate(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        idx = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        for i, r in enumerate(rows):
-            idx[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        idx = pad([r["input_ids"] for r in rows], self.pad_id)
+        labels = pad([r["labels"] for r in rows], IGNORE)
         return {"idx": idx, "labels": labels, "prompts": [r["prompt_ids"] for r in rows],
                 "references": [r["reference"] for r in rows]}
 

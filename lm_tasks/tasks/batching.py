@@ -1,0 +1,13 @@
+"""Batching shared by the task adapters."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad token lists to the longest one: (B, T_max) int64."""
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), value, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lm_tasks.config import load_config
-from lm_tasks.stages import read_stage, run_data, run_finetune, run_pretrain, run_tokenizer
+from lm_tasks.stages import run_data, run_finetune, run_pretrain, run_tokenizer
 from lm_tasks.tasks.evaluate import evaluate_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -64,11 +64,7 @@ def main() -> None:
 
     base = load_config(common)
     started = time.perf_counter()
-    try:
-        read_stage(base.paths.pretrain_dir, "pretrain")  # reuse a finished pretraining of this name
-    except FileNotFoundError:
-        for stage in (run_data, run_tokenizer, run_pretrain):
-            stage(base)
+    pretrained = run_pretrain(base, run_tokenizer(base, run_data(base)))  # from the stage cache when done before
     pretrain_seconds = time.perf_counter() - started
 
     rows = []
@@ -77,15 +73,14 @@ def main() -> None:
         cfg = load_config(common + [f"finetune={task}", f"finetune.{task}.max_steps=100000",
                                     f"finetune.{task}.max_minutes={args.minutes}", *overrides])
         start = time.perf_counter()
-        run_finetune(cfg, task)
-        result = evaluate_task(cfg, task, Path(cfg.paths.finetune_dir) / task / "model",
-                               Path(cfg.paths.eval_dir) / task)
+        tuned = run_finetune(cfg, task, pretrained)
+        result = evaluate_task(cfg, task, Path(tuned.output_dir) / "model", Path(cfg.paths.output_dir) / "quality" / task)
         rows.append({"task": task, "metric": metric, "model": result["metrics"][metric],
                      "baseline": result["baseline"][metric], "examples": result["examples"],
                      "seconds": round(time.perf_counter() - start, 1), "all": result})
         print(f"{task}: {metric} {rows[-1]['model']:.4g} vs baseline {rows[-1]['baseline']:.4g}", flush=True)
 
-    print(f"\npretraining: {pretrain_seconds:.0f} s (reused if 0)\n")
+    print(f"\npretraining: {pretrain_seconds:.0f} s (from the stage cache if ~0)\n")
     print("| task | metric | model | baseline | examples | seconds |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['metric']} | {r['model']:.4g} | {r['baseline']:.4g} | {r['examples']} | {r['seconds']} |")

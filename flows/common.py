@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from dataclasses import asdict
@@ -10,8 +11,10 @@ from typing import Callable
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
-from lm_tasks.config import ConfigError, LifecycleConfig, load_config
+from lm_tasks.config import ConfigError, load_config
 from lm_tasks.stages import StageResult
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -29,24 +32,48 @@ def retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-def stage_flow(name: str, run_stage: Callable[..., StageResult], retry_io: bool = False):
+# Every stage task: retried on network and timeout errors (a Hub download, a remote
+# cache or tracking server), failed at once on anything else.
+RETRY_POLICY = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io}
+
+
+def stage_task(name: str, **options):
+    """Decorate a function returning a StageResult as a Prefect task. Prefect's own result
+    cache is off: the stage cache (lm_tasks/cache.py) decides, and a hit finishes the task
+    run in Prefect's `Cached` state."""
+
+    def decorate(fn: Callable[..., StageResult]):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            if result.cached:
+                return Completed(data=result, name="Cached", message=f"cache hit: key {result.key[:12]}")
+            return result
+
+        return task(name=name, cache_policy=NO_CACHE, **RETRY_POLICY, **options)(run)
+
+    return decorate
+
+
+def result_of(returned: StageResult | State) -> StageResult:
+    """A stage task's StageResult, whether it ran or came from the cache."""
+    return returned.result() if isinstance(returned, State) else returned
+
+
+def stage_flow(name: str, run_stage: Callable[..., StageResult]):
     """The Prefect task wrapping one lm_tasks stage, and the flow that runs it alone.
 
-    The task takes the typed config and the parent MLflow run id and returns the
-    stage's StageResult (paths and digests). Retries are for I/O errors only.
+    The task returns the stage's StageResult (paths and digests). Run alone, a stage
+    finds its inputs in the stage cache and is a top-level MLflow run.
     """
-    retries = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io} if retry_io else {}
-
-    @task(name=name, cache_policy=NO_CACHE, **retries)
-    def stage_task(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
-        return run_stage(cfg, parent_run_id)
+    stage = stage_task(name)(run_stage)
 
     @flow(name=name)
     def stage_alone(overrides: list[str] | None = None) -> dict:
-        return asdict(stage_task(load_config(overrides or [])))
+        return asdict(result_of(stage(load_config(overrides or []))))
 
     stage_alone.__doc__ = f"Run the {name} stage alone (a top-level MLflow run tagged stage={name})."
-    return stage_task, stage_alone
+    return stage, stage_alone
 
 
 def sweep(overrides: list[str]) -> list[list[str]]:
@@ -76,10 +103,15 @@ def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
             flow(overrides=job)
     except ConfigError as err:
         sys.exit(f"Configuration error: {err}")
+    except Exception as err:  # the traceback is in the flow's log above
+        sys.exit(f"{flow.name} failed: {type(err).__name__}: {err}")
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM turned into an exit by Lightning
+        sys.exit(f"{flow.name} interrupted ({type(err).__name__}); run the same command again to resume")
 
 
 def summary_markdown(title: str, results: list) -> str:
-    lines = [f"## {title}", "", "| stage | seconds | key metrics | output |", "|---|---|---|---|"]
+    lines = [f"## {title}", "", "| stage | status | seconds | key metrics | output |", "|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.stage} | {r.seconds:.1f} | {r.key_metric} | `{r.output_dir}` |")
+        status = "cached" if r.cached else "ran"
+        lines.append(f"| {r.stage} | {status} | {r.seconds:.1f} | {r.key_metric} | `{r.output_dir}` |")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@
 from flows.common import run_cli, stage_flow
 from lm_tasks.stages import run_data
 
-data_task, data_flow = stage_flow("data", run_data, retry_io=True)
+data_task, data_flow = stage_flow("data", run_data)
 
 if __name__ == "__main__":
     run_cli(data_flow)

@@ -11,17 +11,13 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from flows.common import run_cli
+from flows.common import result_of, run_cli, stage_task
 from lm_tasks import stages
-from lm_tasks.config import LifecycleConfig, load_config
+from lm_tasks.config import load_config
 
-
-@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{task_name}")
-def finetune_task(cfg: LifecycleConfig, task_name: str, parent_run_id: str | None = None) -> stages.StageResult:
-    return stages.run_finetune(cfg, task_name, parent_run_id)
+finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.run_finetune)
 
 
 @flow(name="finetune")
@@ -30,7 +26,7 @@ def finetune_flow(overrides: list[str] | None = None) -> dict:
     cfg = load_config(overrides or [])
     if not cfg.finetune:
         raise ValueError("No task selected: pass task=<name> (or finetune=[a,b])")
-    return {name: asdict(finetune_task(cfg, name)) for name in cfg.finetune}
+    return {name: asdict(result_of(finetune_task(cfg, name))) for name in cfg.finetune}
 
 
 def task_alias(args: list[str]) -> list[str]:

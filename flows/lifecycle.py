@@ -2,10 +2,12 @@
 
     python -m flows.lifecycle [hydra overrides]
     python -m flows.lifecycle finetune=classification     # with task fine-tuning
-    python -m flows.lifecycle -m optim.lr=1e-3,3e-3      # one lifecycle per sweep job
+    python -m flows.lifecycle -m optim.lr=1e-3,3e-4      # one lifecycle per sweep job
 
-data -> tokenizer -> pretrain -> finetune (one run per selected task) -> evaluate. Stages pass
-paths and content digests (StageResult), never datasets or models.
+data -> tokenizer -> pretrain -> finetune (one run per selected task) -> evaluate -> promotion.
+Stages pass paths and content digests (StageResult), never datasets or models; each is
+looked up in the stage cache first. Started again after a crash, the lifecycle continues
+its MLflow run and resumes pretraining from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import run_cli, summary_markdown
+from flows.common import result_of, run_cli, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
 from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
-from lm_tasks import tracking
+from lm_tasks import promotion, tracking
+from lm_tasks.cache import StageCache
 from lm_tasks.config import load_config
+from lm_tasks.stages import lifecycle_key
 
 
 @flow(name="lifecycle")
@@ -32,19 +36,31 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     cfg = load_config(overrides or [])
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.paths.output_dir) / "config.yaml").write_text(cfg.resolved_yaml)
-    with tracking.tracked_run(cfg, "lifecycle") as parent:
+    key = lifecycle_key(cfg)
+    name = " ".join([tracking.default_run_name(cfg), *(overrides or [])])  # sweep jobs differ by name
+    with StageCache(cfg.cache).try_exclusive(f"lifecycle-{key}") as alone, \
+            tracking.lifecycle_run(cfg, key, name, alone, {"overrides": " ".join(overrides or [])}) as parent:
         run_id = parent.info.run_id
-        results = [data_task(cfg, run_id)]
-        results.append(tokenizer_task(cfg, run_id))
-        results.append(pretrain_task(cfg, run_id))
-        results += [finetune_task(cfg, task, run_id) for task in cfg.finetune]  # finetune=<task,...>
-        results.append(evaluate_task(cfg, run_id))
+        data = result_of(data_task(cfg, run_id))
+        tokens = result_of(tokenizer_task(cfg, data, run_id))
+        pretrained = result_of(pretrain_task(cfg, tokens, run_id))
+        tuned = {task: result_of(finetune_task(cfg, task, pretrained, run_id)) for task in cfg.finetune}
+        evaluated = result_of(evaluate_task(cfg, tokens, pretrained, tuned, run_id))
+        results = [data, tokens, pretrained, *tuned.values(), evaluated]
 
-        tracking.log_metrics({k: v for r in results if r.stage.startswith(("finetune", "evaluate"))
-                              for k, v in r.metrics.items()})
-        tracking.log_metrics({f"lifecycle/{r.stage}_seconds": r.seconds for r in results})
-        summary = summary_markdown(f"Lifecycle `{tracking.default_run_name(cfg)}` (MLflow run {run_id})", results)
-        summary += "\n### Evaluation\n\n" + (Path(cfg.paths.eval_dir) / "report.md").read_text()
+        cached = [r.stage for r in results if r.cached]
+        mlflow.set_tags({"cached_stages": ",".join(cached) or "none",
+                         **{f"stage.{r.stage}.run_id": r.run_id for r in results}})
+        tracking.log_metrics({"lifecycle/cached_stages": len(cached), "lifecycle/stages": len(results),
+                              **evaluated.metrics, **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
+        summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
+        summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
+        if cfg.promotion.enabled:
+            part = promotion.gate_part(cfg.promotion)
+            model = pretrained if part == "lm" else tuned[part]
+            decision = promotion.promote(cfg.promotion, evaluated.metrics, model.run_id, model.digest)
+            promotion.record(decision)
+            summary += "\n### Promotion\n\n" + promotion.markdown(decision)
         mlflow.log_text(summary, "summary.md")
     create_markdown_artifact(summary, key="lifecycle-summary", description="Stages, durations, key metrics")
     print(summary, flush=True)

@@ -35,9 +35,9 @@ def atomic_path(target: str | Path, is_dir: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | Path, payload: dict) -> None:
+def write_json(path: str | Path, payload: dict, sort_keys: bool = True) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

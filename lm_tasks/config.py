@@ -152,13 +152,15 @@ class TrainerConfig:
     accumulate_grad_batches: int
     gradient_clip_val: Optional[float]
     val_check_interval: int
+    checkpoint_every_n_steps: int
     limit_val_batches: Any
     log_every_n_steps: int
     num_workers: int
     enable_progress_bar: bool
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "accumulate_grad_batches", "val_check_interval"):
+        for key in ("max_steps", "batch_size", "accumulate_grad_batches", "val_check_interval",
+                    "checkpoint_every_n_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
 
@@ -266,6 +268,38 @@ class TrackingConfig:
     run_name: Optional[str]
 
 
+STAGES = ("data", "tokenizer", "pretrain", "finetune", "evaluate")
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool
+    store: str
+    staging_dir: str
+    refresh: Any  # a stage name, a list of them, or "all"
+
+    def __post_init__(self) -> None:
+        names = self.refresh if isinstance(self.refresh, list) else [self.refresh]
+        for name in names:
+            if name is not None:
+                _check_choice("cache.refresh", str(name), (*STAGES, "all"))
+
+
+@dataclass
+class PromotionConfig:
+    enabled: bool
+    model_name: str
+    alias: str
+    metric: str
+    mode: str
+    margin: float
+
+    def __post_init__(self) -> None:
+        _check_choice("promotion.mode", self.mode, ("min", "max"))
+        if self.margin < 0:
+            raise ConfigError(f"promotion.margin must be >= 0, got {self.margin}")
+
+
 @dataclass
 class LifecycleConfig:
     name: str
@@ -280,6 +314,8 @@ class LifecycleConfig:
     finetune: Dict[str, TaskConfig]
     eval: EvalConfig
     tracking: TrackingConfig
+    cache: CacheConfig
+    promotion: PromotionConfig
     # The resolved YAML, saved with every run (not part of the schema).
     resolved_yaml: str = field(default="", repr=False)
 

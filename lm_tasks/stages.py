@@ -1,32 +1,39 @@
 """The lifecycle's stages as plain functions: what the Prefect flows wrap.
 
-Each stage reads its inputs from the previous stage's folder (see conf/paths),
-writes its outputs into its own folder with a `stage.json` manifest (content
-digest, metrics, MLflow run id), and records everything in an MLflow run tagged
-`stage=<name>`: a child of the lifecycle run, or a top-level run when the stage
-runs alone.
+    data -> tokenizer -> pretrain -> finetune:<task> ... -> evaluate
+
+Every stage is content-addressed (lm_tasks/cache.py): its key is a digest of the
+config keys it reads, the code it runs and the content digests of its inputs. A
+stage whose key is in the cache, with its files intact, is not run again: its
+earlier result comes back with `cached=True`. Otherwise it runs inside an MLflow
+run tagged `stage=<name>` (a child of the lifecycle run, or top level when the
+stage runs alone) and its output folder is committed to the cache.
+
+Stages hand each other `StageResult`s (folders and digests), never data or models.
+A stage run alone finds its inputs by their keys: `find(cfg, "pretrain")`.
+`paths.<stage>_dir` is a link to the latest output for browsing; nothing reads it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 
 from lm_tasks import tracking
-from lm_tasks.artifacts import file_digest, files_digest, read_json, write_json
+from lm_tasks.artifacts import file_digest, files_digest, write_json
+from lm_tasks.cache import StageCache, stage_key
 from lm_tasks.config import LifecycleConfig
-from lm_tasks.data.packing import pack_split
-from lm_tasks.data.prepare import load_prepared, prepare_data
-from lm_tasks.evaluation import evaluate_lm
-from lm_tasks.models.io import load_pretrained
-from lm_tasks.tasks.evaluate import evaluate_task
-from lm_tasks.tokenizer import special_token_ids, train_tokenizer
+from lm_tasks.data.files import expand_files
 
-MANIFEST = "stage.json"
+# Trainer keys that change how a run is logged or fed, never what it learns.
+NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc"}
 
 
 @dataclass
@@ -39,27 +46,83 @@ class StageResult:
     run_id: str
     seconds: float
     metrics: dict = field(default_factory=dict)
+    key: str = ""
+    cached: bool = False
 
     @property
     def key_metric(self) -> str:
         return ", ".join(f"{k}={v:.4g}" for k, v in list(self.metrics.items())[:2])
 
 
-def read_stage(output_dir: str | Path, stage: str) -> StageResult:
-    """The manifest a finished stage left in its folder, or a clear error."""
-    path = Path(output_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No output of the {stage} stage at {output_dir} ({MANIFEST} missing). "
-            f"Run it first: python -m flows.{stage} (with the same name= and paths overrides)."
-        )
-    return StageResult(**read_json(path))
+class MissingStageError(FileNotFoundError):
+    """A stage run alone whose input stage has no cached output for this config."""
+
+
+# --- cache keys: what each stage's output depends on ------------------------------
+
+
+def data_key(cfg: LifecycleConfig) -> str:
+    data = _without(asdict(cfg.data), NOT_IN_KEY)
+    inputs = {}
+    if cfg.data.source == "local":  # the files' content, not their names
+        inputs["files"] = _files_digest(cfg.data.files + cfg.data.validation_files, "data.files")
+    return stage_key("data", {"data": data, "seed": cfg.seed}, ["data", "artifacts.py"], inputs)
+
+
+def tokenizer_key(cfg: LifecycleConfig, data: StageResult) -> str:
+    return stage_key("tokenizer", {"tokenizer": asdict(cfg.tokenizer)}, ["tokenizer", "data/packing.py"],
+                     {"data": data.digest})
+
+
+def pretrain_key(cfg: LifecycleConfig, tokens: StageResult) -> str:
+    config = {"model": asdict(cfg.model), "optim": asdict(cfg.optim), "seed": cfg.seed,
+              "trainer": _without(asdict(cfg.trainer), NOT_IN_KEY)}
+    return stage_key("pretrain", config, ["models", "training", "data/datamodule.py", "data/packing.py"],
+                     {"tokens": tokens.digest})
+
+
+def finetune_key(cfg: LifecycleConfig, task: str, model_digest: str) -> str:
+    return stage_key(f"finetune:{task}", _task_config(cfg, task), ["models", "training", "tasks", "metrics"],
+                     {"model": model_digest, **_task_files(cfg, task)})
+
+
+def lifecycle_key(cfg: LifecycleConfig) -> str:
+    """Identifies a lifecycle's configuration (not where it is tracked or cached): an
+    unfinished MLflow run with the same key is continued rather than started anew."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("paths", "tracking", "cache", "resolved_yaml")}
+    return stage_key("lifecycle", config, ["."], {})
+
+
+def _task_config(cfg: LifecycleConfig, task: str) -> dict:
+    trainer = {k: v for k, v in asdict(cfg.trainer).items()
+               if k in ("accelerator", "devices", "strategy", "num_nodes", "precision", "gradient_clip_val")}
+    return {"task": asdict(cfg.finetune[task]), "trainer": trainer, "sep_token": cfg.tokenizer.sep_token,
+            "seed": cfg.seed}
+
+
+def _task_files(cfg: LifecycleConfig, task: str) -> dict:
+    data = cfg.finetune[task].data
+    if data.source != "local":
+        return {}
+    return {"files": _files_digest(data.train_files + data.validation_files, f"finetune.{task}.data")}
+
+
+def _files_digest(patterns: list[str], label: str) -> str:
+    files = [Path(f) for f in expand_files(patterns, label)]
+    return files_digest(files, Path("/"))
+
+
+def _without(values: dict, drop: set) -> dict:
+    return {k: v for k, v in values.items() if k not in drop}
+
+
+# --- the stages ----------------------------------------------------------------------
 
 
 def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
-    out = Path(cfg.paths.data_dir)
-    start = time.perf_counter()
-    with tracking.tracked_run(cfg, "data", parent_run_id) as run:
+    def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.data.prepare import prepare_data
+
         stats = prepare_data(cfg.data, out, cfg.seed)
         metrics = {}
         for split, counts in stats["splits"].items():
@@ -69,17 +132,22 @@ def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageRes
             for step in steps:
                 metrics[f"data/{split}/{step['step']}_rows_in"] = step["rows_in"]
                 metrics[f"data/{split}/{step['step']}_rows_out"] = step["rows_out"]
-        tracking.log_metrics(metrics)
         mlflow.log_artifact(str(out / "stats.json"))
-        return _finish("data", out, stats["digest"], run, start, metrics)
+        return stats["digest"], metrics
+
+    return _run_stage(cfg, "data", data_key(cfg), {}, compute, parent_run_id)
 
 
-def run_tokenizer(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
-    data = read_stage(cfg.paths.data_dir, "data")
-    out = Path(cfg.paths.tokenizer_dir)
-    start = time.perf_counter()
-    with tracking.tracked_run(cfg, "tokenizer", parent_run_id, {"input.data_digest": data.digest}) as run:
-        dataset = load_prepared(cfg.paths.data_dir)
+def run_tokenizer(cfg: LifecycleConfig, data: StageResult | None = None,
+                  parent_run_id: str | None = None) -> StageResult:
+    data = data or find(cfg, "data")
+
+    def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.data.packing import pack_split
+        from lm_tasks.data.prepare import load_prepared
+        from lm_tasks.tokenizer import special_token_ids, train_tokenizer
+
+        dataset = load_prepared(data.output_dir)
         tokenizer_path = out / "tokenizer.json"
         tokenizer = train_tokenizer(dataset["train"], cfg.tokenizer, tokenizer_path)
         specials = special_token_ids(tokenizer, cfg.tokenizer)
@@ -88,65 +156,69 @@ def run_tokenizer(cfg: LifecycleConfig, parent_run_id: str | None = None) -> Sta
                               out / f"{split}.bin", cfg.data.num_proc)
             for split in ("train", "validation")
         }
-        meta = {"splits": splits, "dtype": splits["train"]["dtype"], **asdict(specials)}
-        write_json(out / "meta.json", meta)
+        write_json(out / "meta.json", {"splits": splits, "dtype": splits["train"]["dtype"], **asdict(specials)})
+        mlflow.log_artifact(str(tokenizer_path))
+        mlflow.log_artifact(str(out / "meta.json"))
         metrics = {
             "tokenizer/vocab_size": specials.vocab_size,
             "tokenizer/train_tokens": splits["train"]["tokens"],
             "tokenizer/validation_tokens": splits["validation"]["tokens"],
             "tokenizer/bytes_per_token": splits["train"]["bytes"] / splits["train"]["tokens"],
         }
-        tracking.log_metrics(metrics)
-        mlflow.log_artifact(str(tokenizer_path))
-        mlflow.log_artifact(str(out / "meta.json"))
-        digest = files_digest([tokenizer_path, out / "train.bin", out / "validation.bin"], out)
-        return _finish("tokenizer", out, digest, run, start, metrics)
+        return files_digest([tokenizer_path, out / "train.bin", out / "validation.bin"], out), metrics
+
+    return _run_stage(cfg, "tokenizer", tokenizer_key(cfg, data), {"input.data_digest": data.digest},
+                      compute, parent_run_id)
 
 
-def run_pretrain(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
-    from lightning.pytorch.loggers import MLFlowLogger
+def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
+                 parent_run_id: str | None = None) -> StageResult:
+    """Pretrain; a run interrupted earlier (even by SIGKILL) resumes from its last checkpoint
+    and continues its MLflow run."""
+    tokens = tokens or find(cfg, "tokenizer")
 
-    from lm_tasks.training.pretrain import pretrain
+    def compute(out: Path) -> tuple[str, dict]:
+        from lightning.pytorch.loggers import MLFlowLogger
 
-    tokens = read_stage(cfg.paths.tokenizer_dir, "tokenizer")
-    out = Path(cfg.paths.pretrain_dir)
-    start = time.perf_counter()
-    with tracking.tracked_run(cfg, "pretrain", parent_run_id, {"input.tokens_digest": tokens.digest}) as run:
-        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=run.info.run_id)
+        from lm_tasks.training.pretrain import pretrain
+
+        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=mlflow.active_run().info.run_id)
         summary = pretrain(cfg, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json", out, logger)
-        metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
-        tracking.log_metrics(metrics)
         mlflow.log_artifacts(summary["model_dir"], "model")
-        weights = Path(summary["model_dir"]) / "model.safetensors"
-        return _finish("pretrain", out, file_digest(weights), run, start, metrics)
+        metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
+        return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
+
+    return _run_stage(cfg, "pretrain", pretrain_key(cfg, tokens), {"input.tokens_digest": tokens.digest},
+                      compute, parent_run_id, resume=True)
 
 
-def run_finetune(cfg: LifecycleConfig, task: str, parent_run_id: str | None = None) -> StageResult:
-    from lightning.pytorch.loggers import MLFlowLogger
+def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None = None,
+                 parent_run_id: str | None = None) -> StageResult:
+    model_dir, model_digest = pretrained_model(cfg, pretrained)
 
-    from lm_tasks.training.finetune import finetune_task
+    def compute(out: Path) -> tuple[str, dict]:
+        from lightning.pytorch.loggers import MLFlowLogger
 
-    start = time.perf_counter()
-    model_dir, model_digest = pretrained_model(cfg)
-    out = Path(cfg.paths.finetune_dir) / task
-    tags = {"task": task, "input.model_digest": model_digest}
-    with tracking.tracked_run(cfg, "finetune", parent_run_id, tags) as run:
-        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=run.info.run_id)
+        from lm_tasks.training.finetune import finetune_task
+
+        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=mlflow.active_run().info.run_id)
         summary = finetune_task(cfg, task, model_dir, out, logger)
-        metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
-        tracking.log_metrics(metrics)
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
-        return _finish(f"finetune:{task}", out, file_digest(out / "model" / "head.safetensors"), run, start,
-                       metrics)
+        metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
+        return file_digest(out / "model" / "head.safetensors"), metrics
+
+    tags = {"task": task, "input.model_digest": model_digest}
+    return _run_stage(cfg, f"finetune:{task}", finetune_key(cfg, task, model_digest), tags, compute,
+                      parent_run_id)
 
 
-def pretrained_model(cfg: LifecycleConfig) -> tuple[Path, str]:
+def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None) -> tuple[Path, str]:
     """The exported model to fine-tune: `init_from` (a folder or an MLflow run id), else this
     lifecycle's pretraining output."""
     source = cfg.init_from
     if source is None:
-        pretrained = read_stage(cfg.paths.pretrain_dir, "pretrain")
+        pretrained = pretrained or find(cfg, "pretrain")
         return Path(pretrained.output_dir) / "model", pretrained.digest
     if Path(source).is_dir():
         model_dir = Path(source)
@@ -162,36 +234,73 @@ def pretrained_model(cfg: LifecycleConfig) -> tuple[Path, str]:
     return model_dir, file_digest(model_dir / "model.safetensors")
 
 
-def run_evaluate(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
-    """The pretrained LM on held-out text, then every selected fine-tuned task; one report."""
-    pretrained = read_stage(cfg.paths.pretrain_dir, "pretrain")
-    tokens = read_stage(cfg.paths.tokenizer_dir, "tokenizer")
-    tuned = {task: read_stage(Path(cfg.paths.finetune_dir) / task, f"finetune task={task}") for task in cfg.finetune}
-    out = Path(cfg.paths.eval_dir)
-    start = time.perf_counter()
-    tags = {"task": ",".join(["lm", *cfg.finetune]), "input.model_digest": pretrained.digest,
-            "input.tokens_digest": tokens.digest, **{f"input.{t}_digest": r.digest for t, r in tuned.items()}}
-    with tracking.tracked_run(cfg, "evaluate", parent_run_id, tags) as run:
-        model = load_pretrained(Path(pretrained.output_dir) / "model")
-        lm, samples = evaluate_lm(model, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json",
-                                  cfg.eval, cfg.seed)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        report = {"lm": {"metrics": lm, "baseline": {k.removeprefix("unigram_"): v for k, v in lm.items()
-                                                     if k.startswith("unigram_")}}}
-        for task, result in tuned.items():
-            report[task] = evaluate_task(cfg, task, Path(result.output_dir) / "model", out / task)
-            mlflow.log_artifacts(str(out / task), task)
-        metrics = _numbers(lm, "eval/lm/")
-        for task in tuned:
-            metrics.update(_numbers(report[task]["metrics"], f"eval/{task}/"))
-            metrics.update(_numbers(report[task]["baseline"], f"eval/{task}/baseline_"))
-        tracking.log_metrics(metrics)
+def run_evaluate(cfg: LifecycleConfig, tokens: StageResult | None = None, pretrained: StageResult | None = None,
+                 tuned: dict[str, StageResult] | None = None, parent_run_id: str | None = None) -> StageResult:
+    """The pretrained LM on held-out text, then every selected fine-tuned task; one report.
+
+    Each part (the LM, each task) is cached on its own, so a changed task re-evaluates
+    only that task; the report is put together from all parts.
+    """
+    tokens = tokens or find(cfg, "tokenizer")
+    pretrained = pretrained or find(cfg, "pretrain")
+    tuned = tuned if tuned is not None else {task: find(cfg, "finetune", task) for task in cfg.finetune}
+    parts = {"lm": _lm_eval_key(cfg, tokens, pretrained),
+             **{task: _task_eval_key(cfg, task, result) for task, result in tuned.items()}}
+    cache = StageCache(cfg.cache)
+
+    def compute(out: Path) -> tuple[str, dict]:
+        report, cached = {}, []
+        for part, key in parts.items():
+            entry = cache.reusable(f"evaluate:{part}", key)
+            if entry is None:
+                with cache.claim(f"evaluate:{part}", key) as work:
+                    _evaluate_part(cfg, part, work, tokens, pretrained, tuned)
+                    entry = cache.commit(f"evaluate:{part}", key, work, {"part": part})
+            else:
+                cached.append(part)
+            shutil.copytree(entry.path, out / part, ignore=shutil.ignore_patterns("stage.json"))
+            report[part] = json.loads((out / part / "metrics.json").read_text())
+        mlflow.set_tag("cached_parts", ",".join(cached) or "none")
         write_json(out / "report.json", report)
         (out / "report.md").write_text(report_markdown(report))
-        for name in ("report.json", "report.md", "samples.jsonl"):
-            mlflow.log_artifact(str(out / name))
-        return _finish("evaluate", out, file_digest(out / "report.json"), run, start, metrics)
+        mlflow.log_artifacts(str(out))
+        metrics = {}
+        for part, result in report.items():
+            metrics.update(_numbers(result["metrics"], f"eval/{part}/"))
+            metrics.update(_numbers(result["baseline"], f"eval/{part}/baseline_"))
+        return file_digest(out / "report.json"), metrics
+
+    tags = {"task": ",".join(parts), "input.model_digest": pretrained.digest, "input.tokens_digest": tokens.digest,
+            **{f"input.{task}_digest": result.digest for task, result in tuned.items()}}
+    key = stage_key("evaluate", {}, [], parts)
+    return _run_stage(cfg, "evaluate", key, tags, compute, parent_run_id)
+
+
+def _lm_eval_key(cfg: LifecycleConfig, tokens: StageResult, pretrained: StageResult) -> str:
+    return stage_key("evaluate:lm", {"eval": asdict(cfg.eval), "seed": cfg.seed}, ["evaluation.py", "models"],
+                     {"model": pretrained.digest, "tokens": tokens.digest})
+
+
+def _task_eval_key(cfg: LifecycleConfig, task: str, tuned: StageResult) -> str:
+    return stage_key(f"evaluate:{task}", {**_task_config(cfg, task), "eval": asdict(cfg.eval)},
+                     ["models", "tasks", "metrics"], {"model": tuned.digest, **_task_files(cfg, task)})
+
+
+def _evaluate_part(cfg: LifecycleConfig, part: str, out: Path, tokens: StageResult, pretrained: StageResult,
+                   tuned: dict[str, StageResult]) -> None:
+    from lm_tasks.evaluation import evaluate_lm
+    from lm_tasks.models.io import load_pretrained
+    from lm_tasks.tasks.evaluate import evaluate_task
+
+    if part != "lm":
+        evaluate_task(cfg, part, Path(tuned[part].output_dir) / "model", out)
+        return
+    model = load_pretrained(Path(pretrained.output_dir) / "model")
+    lm, samples = evaluate_lm(model, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json", cfg.eval, cfg.seed)
+    (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    baseline = {k.removeprefix("unigram_"): v for k, v in lm.items() if k.startswith("unigram_")}
+    metrics = {k: v for k, v in lm.items() if not k.startswith("unigram_")}
+    write_json(out / "metrics.json", {"task": "lm", "metrics": metrics, "baseline": baseline})
 
 
 def report_markdown(report: dict) -> str:
@@ -199,7 +308,7 @@ def report_markdown(report: dict) -> str:
     lines = ["| task | metric | model | baseline |", "|---|---|---|---|"]
     for task, result in report.items():
         for name, value in result["metrics"].items():
-            if isinstance(value, (int, float)) and not name.startswith("unigram_"):
+            if isinstance(value, (int, float)):
                 baseline = result["baseline"].get(name)
                 shown = f"{baseline:.4g}" if isinstance(baseline, (int, float)) else "-"
                 lines.append(f"| {task} | {name} | {value:.4g} | {shown} |")
@@ -210,9 +319,80 @@ def _numbers(values: dict, prefix: str) -> dict:
     return {f"{prefix}{k}": v for k, v in values.items() if isinstance(v, (int, float))}
 
 
-def _finish(stage: str, out: Path, digest: str, run, start: float, metrics: dict) -> StageResult:
-    result = StageResult(stage, str(out), digest, run.info.run_id, round(time.perf_counter() - start, 2),
-                         {k: float(v) for k, v in metrics.items()})
-    write_json(out / MANIFEST, asdict(result))
-    mlflow.set_tag("output.digest", digest)
-    return result
+# --- finding and running stages through the cache ----------------------------------------
+
+
+def find(cfg: LifecycleConfig, stage: str, task: str | None = None) -> StageResult:
+    """The cached result of `stage` for this config (its inputs found the same way), or a
+    clear error saying which stage to run first."""
+    cache = StageCache(cfg.cache)
+    if stage == "data":
+        name, key = "data", data_key(cfg)
+    elif stage == "tokenizer":
+        name, key = "tokenizer", tokenizer_key(cfg, find(cfg, "data"))
+    elif stage == "pretrain":
+        name, key = "pretrain", pretrain_key(cfg, find(cfg, "tokenizer"))
+    elif stage == "finetune":
+        name, key = f"finetune:{task}", finetune_key(cfg, task, pretrained_model(cfg)[1])
+    else:
+        raise ValueError(f"Unknown stage {stage!r}")
+    entry = cache.lookup(name, key)
+    if entry is None:
+        command = f"python -m flows.{stage}" + (f" task={task}" if task else "")
+        raise MissingStageError(
+            f"No cached output of the {name} stage for this configuration (key {key[:12]}) in "
+            f"{cfg.cache.store}. Run it first with the same overrides: {command} ..."
+        )
+    return _result(entry.manifest, cached=True)
+
+
+def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
+               compute: Callable[[Path], tuple[str, dict]], parent_run_id: str | None,
+               resume: bool = False) -> StageResult:
+    """The cached result for `key`, or run `compute(work_dir)` in a tracked run and commit it.
+
+    `compute` writes the stage's files into work_dir, logs its artifacts and returns the
+    output's content digest and its metrics.
+    """
+    cache = StageCache(cfg.cache)
+    entry = cache.reusable(stage, key)
+    if entry is None:
+        resume = resume and not cache.wants_refresh(stage)  # a refresh starts over
+        with cache.claim(stage, key, resume=resume) as work:
+            entry = cache.reusable(stage, key)  # computed by a concurrent job while we waited
+            if entry is None:
+                start = time.perf_counter()
+                resume_from = work / "mlflow_run.json" if resume else None
+                with tracking.tracked_run(cfg, stage, parent_run_id, {**tags, "cache_key": key},
+                                          resume_from=resume_from) as run:
+                    digest, metrics = compute(work)
+                    tracking.log_metrics(metrics)
+                    mlflow.set_tag("output.digest", digest)
+                    result = StageResult(stage, str(cache.entry_dir(stage, key)), digest, run.info.run_id,
+                                         round(time.perf_counter() - start, 2),
+                                         {k: float(v) for k, v in metrics.items()}, key)
+                    entry = cache.commit(stage, key, work, asdict(result))
+                    _link_latest(cfg, stage, entry.path)
+                    return result
+    _link_latest(cfg, stage, entry.path)
+    return _result(entry.manifest, cached=True)
+
+
+def _result(manifest: dict, cached: bool) -> StageResult:
+    known = {f.name for f in fields(StageResult)}
+    return StageResult(**{**{k: v for k, v in manifest.items() if k in known}, "cached": cached})
+
+
+def _link_latest(cfg: LifecycleConfig, stage: str, target: Path) -> None:
+    """Point paths.<stage>_dir (finetune_dir/<task> for a task) at the stage's latest output."""
+    family, _, task = stage.partition(":")
+    folder = {"data": cfg.paths.data_dir, "tokenizer": cfg.paths.tokenizer_dir, "pretrain": cfg.paths.pretrain_dir,
+              "finetune": cfg.paths.finetune_dir, "evaluate": cfg.paths.eval_dir}[family]
+    link = Path(folder) / task if task else Path(folder)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)  # an output folder of an earlier, uncached version
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(tmp, link)  # atomic: concurrent jobs never see a missing link

@@ -4,6 +4,9 @@ a child run per stage, the resolved config as params and as a YAML artifact.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import subprocess
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -11,19 +14,43 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
+from lm_tasks.artifacts import write_json
 from lm_tasks.config import LifecycleConfig, TrackingConfig
+
+log = logging.getLogger(__name__)
 
 PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 
 
 def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store; return the experiment id (created if new)."""
-    if cfg.tracking_uri.startswith("sqlite:///"):
-        Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.tracking_uri)
+    with _store_lock(cfg.tracking_uri):
+        return _experiment_id(cfg)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first contact with a SQLite store: MLflow creates and migrates its tables on
+    first use, and two processes doing that at once corrupt the migration."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f"{db.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(cfg: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
@@ -42,20 +69,82 @@ def default_run_name(cfg: LifecycleConfig) -> str:
 
 @contextmanager
 def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = None,
-                tags: dict | None = None) -> Iterator[Run]:
+                tags: dict | None = None, resume_from: Path | None = None,
+                run_id: str | None = None, name: str | None = None) -> Iterator[Run]:
     """Start a run tagged `stage=<stage>`: a child of `parent_run_id`, or top level.
 
-    Every run carries the flattened resolved config as params and config.yaml.
-    The run ends FINISHED, or FAILED when the block raises.
+    Every run carries the flattened resolved config as params and config.yaml. The run
+    ends FINISHED; FAILED when the block raises; KILLED when it is interrupted (Ctrl-C,
+    SIGTERM, a cancelled Prefect run). `run_id`, or the id saved in `resume_from` by an
+    interrupted earlier attempt, continues that run instead of starting a new one.
     """
     experiment_id = configure(cfg.tracking)
-    name = stage if parent_run_id else f"{stage}: {default_run_name(cfg)}"
-    all_tags = {"stage": stage, **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
-                          nested=parent_run_id is not None, tags=all_tags) as run:
-        log_params(flatten(_config_dict(cfg)))
-        mlflow.log_text(cfg.resolved_yaml, "config.yaml")
+    if run_id is None and resume_from is not None and resume_from.is_file():
+        run_id = _resumable(json.loads(resume_from.read_text())["run_id"], parent_run_id)
+    name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
+    family = stage.split(":")[0]  # finetune:classification is tagged stage=finetune
+    all_tags = {"stage": family, **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else name,
+                           parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=all_tags)
+    if resume_from is not None:
+        write_json(resume_from, {"run_id": run.info.run_id})
+    try:
+        if run_id is None:
+            log_params(flatten(_config_dict(cfg)))
+            mlflow.log_text(cfg.resolved_yaml, "config.yaml")
+        else:
+            log.info("%s: continuing MLflow run %s", stage, run_id)
         yield run
+    except Exception:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    except BaseException:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    mlflow.end_run()
+
+
+def _resumable(run_id: str, parent_run_id: str | None) -> str | None:
+    """`run_id` if it can be continued (it exists), re-parented under `parent_run_id`."""
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return None
+    if parent_run_id is not None:
+        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+@contextmanager
+def lifecycle_run(cfg: LifecycleConfig, key: str, name: str, may_resume: bool, tags: dict) -> Iterator[Run]:
+    """The lifecycle's parent run: a new one, or (when `may_resume`, i.e. no other process
+    runs this lifecycle) the unfinished run of an earlier attempt with the same key."""
+    run_id = unfinished_lifecycle(cfg, key) if may_resume else None
+    if run_id:
+        log.info("lifecycle: continuing MLflow run %s of an interrupted attempt", run_id)
+        MlflowClient().update_run(run_id, status="RUNNING")
+    with tracked_run(cfg, "lifecycle", tags={**tags, "lifecycle_key": key}, run_id=run_id, name=name) as run:
+        yield run
+
+
+def unfinished_lifecycle(cfg: LifecycleConfig, key: str) -> str | None:
+    """The newest lifecycle run with this key that did not finish (FAILED, KILLED, or left
+    RUNNING by a killed process), to be continued. Its unfinished stage runs are marked
+    KILLED; the stage that resumes (pretraining) reopens its own."""
+    experiment_id = configure(cfg.tracking)
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], f"tags.lifecycle_key = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or runs[0].info.status == "FINISHED":
+        return None
+    parent = runs[0].info.run_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' "
+                                  "and attributes.status = 'RUNNING'")
+    for child in children:
+        client.set_terminated(child.info.run_id, "KILLED")
+    return parent
 
 
 def log_params(params: dict) -> None:

@@ -6,21 +6,16 @@ provides one, a "validation" split, each with a single "text" column.
 
 from __future__ import annotations
 
-import glob
-import os
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
 from lm_tasks.config import DataConfig
 from lm_tasks.data.embedded import embedded_corpus
+from lm_tasks.data.files import DataSourceError, expand_files
 
 # File extension -> `datasets` packaged builder.
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-class DataSourceError(RuntimeError):
-    """The configured data cannot be read; the message says what to change."""
 
 
 class EmptyDataError(DataSourceError, ValueError):
@@ -86,18 +81,6 @@ def _load_local(cfg: DataConfig) -> DatasetDict:
         raise DataSourceError(f"Could not read {files} as {builder}: {type(err).__name__}: {err}") from err
     label = ", ".join(splits["train"])
     return DatasetDict({k: _text_only(v, cfg.text_column, label) for k, v in loaded.items()})
-
-
-def expand_files(patterns: list[str], key: str) -> list[str]:
-    """Resolve paths and globs (relative to the working directory) to existing files."""
-    files: list[str] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise DataSourceError(f"{key}: no file matches '{pattern}' (working directory: {os.getcwd()})")
-        files += [str(Path(m).resolve()) for m in matches]
-    return files
 
 
 def builder_for(splits: dict[str, list[str]]) -> str:

@@ -18,8 +18,8 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
-from lm_tasks.tasks.batching import pad
 from lm_tasks.models.gpt import GPT
+from lm_tasks.tasks.batching import pad
 
 
 class ClassificationHead(nn.Module):

@@ -19,8 +19,8 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
-from lm_tasks.tasks.batching import pad
 from lm_tasks.models.gpt import GPT
+from lm_tasks.tasks.batching import pad
 
 IGNORE = -100
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

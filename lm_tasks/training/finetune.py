@@ -31,6 +31,7 @@ from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
 from lm_tasks.training.callbacks import Throughput
+from lm_tasks.training.checkpoints import sigterm_between_steps
 from lm_tasks.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     train_loader = DataLoader(encoded["train"], batch_size=task_cfg.batch_size, shuffle=True,
                               collate_fn=adapter.collate, generator=generator)
     val_loader = DataLoader(encoded["validation"], batch_size=task_cfg.batch_size, collate_fn=adapter.collate)
-    trainer.fit(module, train_loader, val_loader)
+    with sigterm_between_steps():
+        trainer.fit(module, train_loader, val_loader)
 
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)

@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 
 from lm_tasks.config import OptimConfig
 from lm_tasks.models.gpt import GPT, GPTConfig
+from lm_tasks.training.checkpoints import rng_state, set_rng_state
 from lm_tasks.training.optim import build_optimizer
 
 
@@ -46,6 +47,13 @@ class CausalLMModule(L.LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/bpb", loss / math.log(2) / self.bytes_per_token, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = rng_state()  # a resumed run draws the same dropout masks
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(

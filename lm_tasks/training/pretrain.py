@@ -1,13 +1,16 @@
 """The pretraining recipe: setup -> fit -> export, callable directly from tests.
 
-Output folder (`paths.pretrain_dir`):
-    checkpoints/best.ckpt, last.ckpt   Lightning checkpoints (best by val/loss)
-    model/                             the best weights in the exported format
+Output folder:
+    checkpoints/best.ckpt   the best Lightning checkpoint by val/loss
+    checkpoints/last.ckpt   every trainer.checkpoint_every_n_steps: model, optimizer, scheduler,
+                            loop counters and RNG state; a run finding it resumes from it
+    model/                  the best weights in the exported format
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from lm_tasks.models.gpt import GPTConfig
 from lm_tasks.models.io import save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
 from lm_tasks.training.callbacks import Throughput
+from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps
 from lm_tasks.training.module import CausalLMModule
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,8 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     t = cfg.trainer
-    datamodule = PackedDataModule(tokens_dir, cfg.model.block_size, t.batch_size, t.num_workers, cfg.seed)
+    datamodule = PackedDataModule(tokens_dir, cfg.model.block_size, t.batch_size, t.num_workers, cfg.seed,
+                                  samples_per_step=t.batch_size * t.accumulate_grad_batches, max_steps=t.max_steps)
     model_config = model_config_for(cfg, tokenizer_path)
     module = CausalLMModule(model_config.to_dict(), asdict(cfg.optim), t.max_steps,
                             datamodule.bytes_per_token("validation"))
@@ -49,21 +54,31 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
     log.info("pretrain: %.2fM parameters, vocabulary %d", n_params / 1e6, model_config.vocab_size)
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
-                                 mode="min", save_top_k=1, save_last=True, enable_version_counter=False)
+                                 mode="min", save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
+                           every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
+    resume_from = out_dir / "checkpoints" / "last.ckpt"
+    if resume_from.is_file():
+        step = load_checkpoint(resume_from)["global_step"]  # fails here, naming the file, if corrupt
+        log.info("pretrain: resuming from %s (step %d of %d)", resume_from, step, t.max_steps)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, logger=logger,
-        callbacks=[checkpoint, Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10))],
+        callbacks=[checkpoint, last, Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10))],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the sampler shards and resumes itself
     )
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings(), sigterm_between_steps():
+        # Lightning warns that a mid-epoch resume may repeat data; ResumableSampler does not.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from if resume_from.is_file() else None)
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(best_path)["state_dict"]
     module.load_state_dict(state)
     model_dir = save_pretrained(module.model, out_dir / "model", tokenizer_path)
     return {

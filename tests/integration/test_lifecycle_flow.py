@@ -10,12 +10,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.common import run_cli
 from flows.lifecycle import lifecycle
 from lm_tasks.config import load_config
 from lm_tasks.models.io import load_pretrained
-from lm_tasks.stages import pretrained_model, read_stage, run_data, run_tokenizer
+from lm_tasks.stages import MissingStageError, find, pretrained_model, run_data, run_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -70,25 +73,74 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert "stats.json" in artifacts(children["data"])
     assert "tokenizer.json" in artifacts(children["tokenizer"])
     assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json"}
-    assert {"samples.jsonl", "report.json", "report.md"} <= artifacts(children["evaluate"])
+    assert {"lm", "report.json", "report.md"} <= artifacts(children["evaluate"])
+    assert "samples.jsonl" in artifacts(children["evaluate"], "lm")
 
     # The exported model reproduces the evaluated loss.
     model = load_pretrained(Path(smoke_cfg.paths.pretrain_dir) / "model")
-    assert model.config.vocab_size == json.loads(Path(smoke_cfg.paths.tokenizer_dir, "meta.json").read_text())["vocab_size"]
+    meta = json.loads(Path(smoke_cfg.paths.tokenizer_dir, "meta.json").read_text())
+    assert model.config.vocab_size == meta["vocab_size"]
     summary = Artifact.get("lifecycle-summary")
     assert summary is not None and all(f"| {stage} |" in summary.data for stage in STAGES)
 
-    samples = [json.loads(line) for line in Path(smoke_cfg.paths.eval_dir, "samples.jsonl").read_text().splitlines()]
+    samples = Path(smoke_cfg.paths.eval_dir, "lm", "samples.jsonl").read_text().splitlines()
+    samples = [json.loads(line) for line in samples]
     assert [s["prompt"] for s in samples] == smoke_cfg.eval.prompts
 
+    # The first lifecycle's model becomes the registry's champion; the decision is on the run.
+    assert parent.data.tags["promotion.decision"] == "promoted"
+    assert parent.data.metrics["promotion/candidate"] == evaluation["eval/lm/bpb"]
+    champion = client.get_model_version_by_alias("lm-lifecycle-lm", "champion")
+    assert champion.run_id == pretrain.info.run_id
 
-def test_stage_alone_reads_the_previous_stage_output(smoke_overrides):
+
+def test_unchanged_lifecycle_reruns_entirely_from_the_cache(prefect_harness, smoke_overrides, smoke_cfg):
+    first = lifecycle(overrides=smoke_overrides)
+    state = lifecycle(overrides=smoke_overrides, return_state=True)
+    second = state.result()
+    assert all(r["cached"] for r in second.values())
+    assert {s: r["digest"] for s, r in second.items()} == {s: r["digest"] for s, r in first.items()}
+
+    # Prefect shows every stage task in its Cached state ...
+    with get_client(sync_client=True) as prefect:
+        task_runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(t.state.name for t in task_runs) == ["Cached"] * len(STAGES)
+    # ... and the second MLflow parent run records it, pointing at the runs that did the work.
+    client = mlflow_client(smoke_cfg)
+    experiment = client.get_experiment_by_name("lm-lifecycle")
+    parents = client.search_runs([experiment.experiment_id], "tags.stage = 'lifecycle'",
+                                 order_by=["attributes.start_time ASC"])
+    assert len(parents) == 2
+    assert parents[1].data.tags["cached_stages"] == ",".join(STAGES)
+    assert parents[1].data.metrics["lifecycle/cached_stages"] == len(STAGES)
+    assert parents[1].data.tags["stage.pretrain.run_id"] == first["pretrain"]["run_id"]
+    assert not client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parents[1].info.run_id}'")
+    assert parents[1].data.tags["promotion.decision"] == "kept"
+
+
+def test_a_sweep_is_one_lifecycle_per_job_sharing_upstream_stages(prefect_harness, smoke_overrides, smoke_cfg):
+    task = ["finetune=classification", "finetune.classification.max_steps=2",
+            "finetune.classification.val_check_interval=2", "finetune.classification.data.max_rows=24"]
+    run_cli(lifecycle, ["-m", *smoke_overrides, *task, "finetune.classification.lr=1e-3,2e-3"])
+
+    client = mlflow_client(smoke_cfg)
+    experiment = client.get_experiment_by_name("lm-lifecycle")
+    parents = client.search_runs([experiment.experiment_id], "tags.stage = 'lifecycle'")
+    assert sorted(p.data.params["finetune.classification.lr"] for p in parents) == ["0.001", "0.002"]
+    assert sorted(p.info.run_name.split()[-1] for p in parents) == [
+        "finetune.classification.lr=0.001", "finetune.classification.lr=0.002"]
+    for stage, count in {"data": 1, "tokenizer": 1, "pretrain": 1, "finetune": 2, "evaluate": 2}.items():
+        assert len(client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")) == count, stage
+
+
+def test_stage_alone_finds_the_previous_stage_in_the_cache(smoke_overrides):
     cfg = load_config(smoke_overrides)
-    with pytest.raises(FileNotFoundError, match=r"No output of the data stage .* python -m flows.data"):
+    with pytest.raises(MissingStageError, match=r"No cached output of the data stage .* python -m flows.data"):
         run_tokenizer(cfg)
     data = run_data(cfg)
     tokens = run_tokenizer(cfg)
-    assert read_stage(cfg.paths.tokenizer_dir, "tokenizer").digest == tokens.digest
+    assert find(cfg, "tokenizer").digest == tokens.digest
     client = mlflow_client(cfg)
     run = client.get_run(tokens.run_id)
     assert run.data.tags["stage"] == "tokenizer"

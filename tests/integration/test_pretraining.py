@@ -21,14 +21,14 @@ def test_short_pretraining_beats_the_unigram_model(tmp_path):
         "trainer.max_steps=120", "trainer.batch_size=16", "trainer.val_check_interval=60",
         "trainer.enable_progress_bar=false", "eval.max_new_tokens=8",
     ])
-    for stage in (run_data, run_tokenizer, run_pretrain):
-        stage(cfg)
-    metrics = run_evaluate(cfg).metrics
-    assert metrics["eval/lm/loss"] < metrics["eval/lm/unigram_loss"] - 0.3
+    tokens = run_tokenizer(cfg, run_data(cfg))
+    pretrained = run_pretrain(cfg, tokens)
+    metrics = run_evaluate(cfg, tokens, pretrained).metrics
+    assert metrics["eval/lm/loss"] < metrics["eval/lm/baseline_loss"] - 0.3
     assert metrics["eval/lm/loss"] < math.log(512) - 1.5
-    assert 0 < metrics["eval/lm/bpb"] < metrics["eval/lm/unigram_bpb"]
+    assert 0 < metrics["eval/lm/bpb"] < metrics["eval/lm/baseline_bpb"]
     checkpoints = sorted(p.name for p in Path(cfg.paths.pretrain_dir, "checkpoints").iterdir())
     assert checkpoints == ["best.ckpt", "last.ckpt"]
     saved = json.loads(Path(cfg.paths.eval_dir, "report.json").read_text())["lm"]
     assert saved["metrics"]["loss"] == pytest.approx(metrics["eval/lm/loss"])
-    assert saved["baseline"]["loss"] == pytest.approx(metrics["eval/lm/unigram_loss"])
+    assert saved["baseline"]["loss"] == pytest.approx(metrics["eval/lm/baseline_loss"])

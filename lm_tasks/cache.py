@@ -5,7 +5,7 @@ keys it reads, the source code it runs and the content digests of its inputs
 (never their paths). Its output folder lives at `<store>/<stage>/<key>/`, with a
 manifest (`stage.json`) that lists every file and its SHA-256.
 
-    entry = cache.lookup(stage, key)        # a verified earlier result, or None
+    entry = cache.reusable(stage, key)      # a verified earlier result, or None
     with cache.claim(stage, key) as work:   # compute into work/, then cache.commit(...)
 
 - A hit is used only after every file is checked against the manifest: a missing
@@ -79,6 +79,8 @@ class Entry:
 
 
 class StageCache:
+    """The cache configured by `cache.*`: entries under `<store>/<stage>/<key>/`."""
+
     def __init__(self, cfg: CacheConfig):
         self.cfg = cfg
         self.remote = cfg.store.rstrip("/") if "://" in cfg.store else None  # any fsspec URL

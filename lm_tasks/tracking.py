@@ -93,7 +93,7 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
             log_params(flatten(_config_dict(cfg)))
             mlflow.log_text(cfg.resolved_yaml, "config.yaml")
         else:
-            log.info("%s: continuing MLflow run %s", stage, run_id)
+            log.info("%s: continuing MLflow run %s of an interrupted attempt", stage, run_id)
         yield run
     except Exception:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
@@ -113,8 +113,7 @@ def _resumable(run_id: str, parent_run_id: str | None) -> str | None:
         return None
     if parent_run_id is not None:
         client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
-    client.update_run(run_id, status="RUNNING")
-    return run_id
+    return run_id  # mlflow.start_run(run_id=...) sets it RUNNING again
 
 
 @contextmanager
@@ -122,9 +121,6 @@ def lifecycle_run(cfg: LifecycleConfig, key: str, name: str, may_resume: bool, t
     """The lifecycle's parent run: a new one, or (when `may_resume`, i.e. no other process
     runs this lifecycle) the unfinished run of an earlier attempt with the same key."""
     run_id = unfinished_lifecycle(cfg, key) if may_resume else None
-    if run_id:
-        log.info("lifecycle: continuing MLflow run %s of an interrupted attempt", run_id)
-        MlflowClient().update_run(run_id, status="RUNNING")
     with tracked_run(cfg, "lifecycle", tags={**tags, "lifecycle_key": key}, run_id=run_id, name=name) as run:
         yield run
 

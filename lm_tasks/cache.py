@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,9 +51,15 @@ def digest_of(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Libraries whose version can change a stage's output.
+DEPENDENCIES = ("torch", "lightning", "tokenizers", "datasets", "evaluate")
+
+
 def code_version(modules: list[str]) -> str:
-    """A digest of the library source a stage runs (files or subpackages of lm_tasks)."""
-    h = hashlib.sha256(lm_tasks.__version__.encode())
+    """A digest of the library source a stage runs (files or subpackages of lm_tasks) and of
+    the versions of the libraries it computes with."""
+    versions = [f"{name}=={metadata.version(name)}" for name in DEPENDENCIES]
+    h = hashlib.sha256(" ".join([lm_tasks.__version__, *versions]).encode())
     for module in sorted(modules):
         path = PACKAGE_DIR / module
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]

@@ -29,8 +29,8 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager
-from importlib import metadata
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 

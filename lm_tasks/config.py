@@ -148,8 +148,9 @@ class TrainerConfig:
     num_nodes: int
     precision: str
     max_steps: int
-    batch_size: int
-    accumulate_grad_batches: int
+    max_minutes: Optional[float]
+    global_batch_size: int
+    micro_batch_size: Optional[int]
     gradient_clip_val: Optional[float]
     val_check_interval: int
     checkpoint_every_n_steps: int
@@ -157,12 +158,18 @@ class TrainerConfig:
     log_every_n_steps: int
     num_workers: int
     enable_progress_bar: bool
+    compile: bool
+    fsdp_sharding: str
+    activation_checkpointing: bool
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "accumulate_grad_batches", "val_check_interval",
-                    "checkpoint_every_n_steps"):
+        for key in ("max_steps", "global_batch_size", "val_check_interval", "checkpoint_every_n_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"trainer.micro_batch_size must be >= 1 or null, got {self.micro_batch_size}")
+        _check_choice("trainer.fsdp_sharding", self.fsdp_sharding,
+                      ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"))
 
 
 @dataclass

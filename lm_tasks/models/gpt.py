@@ -39,29 +39,42 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, each (B, H, T, C/H)."""
+    """Keys and values of every layer for the tokens seen so far.
 
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+    Each layer's are kept in buffers allocated once for `max_length` positions,
+    (B, H, max_length, C/H): a new token is written in place, not concatenated.
+    """
+
+    def __init__(self, n_layer: int, max_length: int):
+        self.max_length = max_length
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        self.filled = [0] * n_layer
 
     @property
     def length(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+        return self.filled[0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's keys/values to the layer's cache; return the whole history."""
-        past = self.layers[layer]
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        return k, v
+        start, end = self.filled[layer], self.filled[layer] + k.size(2)
+        if end > self.max_length:
+            raise ValueError(f"The KV cache holds {self.max_length} positions; {end} were asked for")
+        if self.buffers[layer] is None:
+            B, H, _, D = k.shape
+            self.buffers[layer] = (k.new_empty(B, H, self.max_length, D), v.new_empty(B, H, self.max_length, D))
+        keys, values = self.buffers[layer]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.filled[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the cache rows that `rows` selects (beam search follows its surviving beams)."""
-        self.layers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.layers]
+        self.buffers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.buffers]
 
     def reset(self) -> None:
-        self.layers = [None] * len(self.layers)
+        self.buffers = [None] * len(self.buffers)
+        self.filled = [0] * len(self.filled)
 
 
 class CausalSelfAttention(nn.Module):
@@ -211,7 +224,7 @@ class GPT(nn.Module):
             return self.beam_search(idx, max_new_tokens, num_beams, eos_id)
         was_training = self.training
         self.eval()
-        cache = KVCache(self.config.n_layer) if use_cache else None
+        cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
             logits = self._next_logits(idx, cache, first=step == 0)  # (B, V)
@@ -238,7 +251,7 @@ class GPT(nn.Module):
         """
         was_training = self.training
         self.eval()
-        cache = KVCache(self.config.n_layer)
+        cache = KVCache(self.config.n_layer, self.config.block_size)
         beams, scores = idx, torch.zeros(1, device=idx.device)  # (n, T), (n,)
         done: list[tuple[float, torch.Tensor]] = []
 

@@ -26,6 +26,7 @@ from lm_tasks.models.io import save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
 from lm_tasks.training.callbacks import Throughput
 from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps
+from lm_tasks.training.distributed import batch_plan, strategy
 from lm_tasks.training.module import CausalLMModule
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,18 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     t = cfg.trainer
-    datamodule = PackedDataModule(tokens_dir, cfg.model.block_size, t.batch_size, t.num_workers, cfg.seed,
-                                  samples_per_step=t.batch_size * t.accumulate_grad_batches, max_steps=t.max_steps)
+    plan = batch_plan(t)
+    datamodule = PackedDataModule(tokens_dir, cfg.model.block_size, plan.micro_batch_size, t.num_workers, cfg.seed,
+                                  samples_per_step=plan.samples_per_step, max_steps=t.max_steps)
     model_config = model_config_for(cfg, tokenizer_path)
     module = CausalLMModule(model_config.to_dict(), asdict(cfg.optim), t.max_steps,
                             datamodule.bytes_per_token("validation"))
     n_params = module.model.num_parameters()
-    log.info("pretrain: %.2fM parameters, vocabulary %d", n_params / 1e6, model_config.vocab_size)
+    log.info("pretrain: %.2fM parameters, vocabulary %d; global batch %d = %d device(s) x %d x %d accumulated",
+             n_params / 1e6, model_config.vocab_size, t.global_batch_size, plan.world_size, plan.micro_batch_size,
+             plan.accumulate)
+    if t.compile:
+        module.model.compile()  # in place: parameter names (checkpoints, export) stay the same
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
                                  mode="min", save_top_k=1, enable_version_counter=False)
@@ -62,11 +68,12 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         step = load_checkpoint(resume_from)["global_step"]  # fails here, naming the file, if corrupt
         log.info("pretrain: resuming from %s (step %d of %d)", resume_from, step, t.max_steps)
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy(t), num_nodes=t.num_nodes,
+        precision=t.precision, max_steps=t.max_steps, max_time={"minutes": t.max_minutes} if t.max_minutes else None,
+        val_check_interval=t.val_check_interval * plan.accumulate,  # Lightning counts micro-batches here
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches, logger=logger,
+        accumulate_grad_batches=plan.accumulate, logger=logger,
         callbacks=[checkpoint, last, Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10))],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,

@@ -18,7 +18,7 @@ def test_short_pretraining_beats_the_unigram_model(tmp_path):
     cfg = load_config([
         f"paths.root_dir={tmp_path}", "data.max_rows=800", "tokenizer.vocab_size=512",
         "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "model.dropout=0.0",
-        "trainer.max_steps=120", "trainer.batch_size=16", "trainer.val_check_interval=60",
+        "trainer.max_steps=120", "trainer.global_batch_size=16", "trainer.val_check_interval=60",
         "trainer.enable_progress_bar=false", "eval.max_new_tokens=8",
     ])
     tokens = run_tokenizer(cfg, run_data(cfg))

@@ -128,7 +128,7 @@ def test_cached_forward_equals_uncached_logits():
     model = tiny()
     idx = torch.randint(0, VOCAB, (2, 10))
     full, _ = model(idx)
-    cache = KVCache(model.config.n_layer)
+    cache = KVCache(model.config.n_layer, model.config.block_size)
     prefix, _ = model(idx[:, :6], cache=cache)
     steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 10)]
     assert torch.allclose(torch.cat([prefix, *steps], dim=1), full, atol=1e-5)

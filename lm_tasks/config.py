@@ -352,6 +352,15 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
     return config
 
 
+def config_from_dict(tree: dict) -> LifecycleConfig:
+    """Rebuild a validated config from its `dataclasses.asdict` form (in a worker process)."""
+    tree = dict(tree)
+    resolved = tree.pop("resolved_yaml", "")
+    config: LifecycleConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LifecycleConfig), tree))
+    config.resolved_yaml = resolved
+    return config
+
+
 # --- helpers -----------------------------------------------------------------
 
 

@@ -178,12 +178,10 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
     tokens = tokens or find(cfg, "tokenizer")
 
     def compute(out: Path) -> tuple[str, dict]:
-        from lightning.pytorch.loggers import MLFlowLogger
+        from lm_tasks.training.launch import run_pretraining
 
-        from lm_tasks.training.pretrain import pretrain
-
-        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=mlflow.active_run().info.run_id)
-        summary = pretrain(cfg, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json", out, logger)
+        summary = run_pretraining(cfg, Path(tokens.output_dir), Path(tokens.output_dir) / "tokenizer.json", out,
+                                  cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics

@@ -85,12 +85,14 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from if resume_from.is_file() else None)
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
-    state = load_checkpoint(best_path)["state_dict"]
-    module.load_state_dict(state)
-    model_dir = save_pretrained(module.model, out_dir / "model", tokenizer_path)
+    model_dir = out_dir / "model"
+    if trainer.is_global_zero:  # one process exports
+        module.load_state_dict(load_checkpoint(best_path)["state_dict"])
+        save_pretrained(module.model, model_dir, tokenizer_path)
     return {
-        "best_checkpoint": best_path,
+        "best_checkpoint": str(Path(best_path).relative_to(out_dir)),
         "model_dir": str(model_dir),
+        "world_size": trainer.world_size,
         "parameters": n_params,
         "steps": trainer.global_step,
         "best_val_loss": float(checkpoint.best_model_score),

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import functools
+import inspect
 import itertools
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Iterator
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.states import Completed
+from prefect.task_runners import TaskRunner
 
-from lm_tasks.config import ConfigError, load_config
+from lm_tasks.config import ConfigError, RunnerConfig, load_config
 from lm_tasks.stages import StageResult
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -43,13 +45,15 @@ def stage_task(name: str, **options):
     run in Prefect's `Cached` state."""
 
     def decorate(fn: Callable[..., StageResult]):
-        @functools.wraps(fn)
         def run(*args, **kwargs):
             result = fn(*args, **kwargs)
             if result.cached:
                 return Completed(data=result, name="Cached", message=f"cache hit: key {result.key[:12]}")
             return result
 
+        # The task's parameters (in the Prefect UI, on a Dask worker) are the stage function's.
+        run.__signature__ = inspect.signature(fn)
+        run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
         return task(name=name, cache_policy=NO_CACHE, **RETRY_POLICY, **options)(run)
 
     return decorate
@@ -60,17 +64,44 @@ def result_of(returned: StageResult | State) -> StageResult:
     return returned.result() if isinstance(returned, State) else returned
 
 
-def stage_flow(name: str, run_stage: Callable[..., StageResult]):
+@contextmanager
+def stage_runner(cfg: RunnerConfig) -> Iterator[TaskRunner | None]:
+    """Where stage tasks run: None for in the flow's process, or a started Dask task runner
+    (a cluster at `runner.address`, or a local one of `runner.n_workers` processes)."""
+    if cfg.kind == "local":
+        yield None
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address:
+        runner = DaskTaskRunner(address=cfg.address)
+    else:
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers,
+                                                "threads_per_worker": cfg.threads_per_worker})
+    with runner:
+        yield runner
+
+
+def run_stage(runner: TaskRunner | None, stage, **parameters) -> StageResult:
+    """Run a stage task here, or on the runner's workers; its StageResult either way."""
+    if runner is None:
+        return result_of(stage(**parameters))
+    return result_of(runner.submit(stage, parameters).result())
+
+
+def stage_flow(name: str, stage_function: Callable[..., StageResult]):
     """The Prefect task wrapping one lm_tasks stage, and the flow that runs it alone.
 
     The task returns the stage's StageResult (paths and digests). Run alone, a stage
     finds its inputs in the stage cache and is a top-level MLflow run.
     """
-    stage = stage_task(name)(run_stage)
+    stage = stage_task(name)(stage_function)
 
     @flow(name=name)
     def stage_alone(overrides: list[str] | None = None) -> dict:
-        return asdict(result_of(stage(load_config(overrides or []))))
+        cfg = load_config(overrides or [])
+        with stage_runner(cfg.runner) as runner:
+            return asdict(run_stage(runner, stage, cfg=cfg))
 
     stage_alone.__doc__ = f"Run the {name} stage alone (a top-level MLflow run tagged stage={name})."
     return stage, stage_alone

@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import result_of, run_cli, stage_task
+from flows.common import run_cli, run_stage, stage_runner, stage_task
 from lm_tasks import stages
 from lm_tasks.config import load_config
 
@@ -26,7 +26,8 @@ def finetune_flow(overrides: list[str] | None = None) -> dict:
     cfg = load_config(overrides or [])
     if not cfg.finetune:
         raise ValueError("No task selected: pass task=<name> (or finetune=[a,b])")
-    return {name: asdict(result_of(finetune_task(cfg, name))) for name in cfg.finetune}
+    with stage_runner(cfg.runner) as runner:
+        return {name: asdict(run_stage(runner, finetune_task, cfg=cfg, task=name)) for name in cfg.finetune}
 
 
 def task_alias(args: list[str]) -> list[str]:

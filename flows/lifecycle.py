@@ -19,7 +19,7 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import result_of, run_cli, summary_markdown
+from flows.common import run_cli, run_stage, stage_runner, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -40,12 +40,15 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     name = " ".join([tracking.default_run_name(cfg), *(overrides or [])])  # sweep jobs differ by name
     with StageCache(cfg.cache).try_exclusive(f"lifecycle-{key}") as alone, \
             tracking.lifecycle_run(cfg, key, name, alone, {"overrides": " ".join(overrides or [])}) as parent:
+        with stage_runner(cfg.runner) as runner:
+            common = {"cfg": cfg, "parent_run_id": parent.info.run_id}
+            data = run_stage(runner, data_task, **common)
+            tokens = run_stage(runner, tokenizer_task, data=data, **common)
+            pretrained = run_stage(runner, pretrain_task, tokens=tokens, **common)
+            tuned = {task: run_stage(runner, finetune_task, task=task, pretrained=pretrained, **common)
+                     for task in cfg.finetune}
+            evaluated = run_stage(runner, evaluate_task, tokens=tokens, pretrained=pretrained, tuned=tuned, **common)
         run_id = parent.info.run_id
-        data = result_of(data_task(cfg, run_id))
-        tokens = result_of(tokenizer_task(cfg, data, run_id))
-        pretrained = result_of(pretrain_task(cfg, tokens, run_id))
-        tuned = {task: result_of(finetune_task(cfg, task, pretrained, run_id)) for task in cfg.finetune}
-        evaluated = result_of(evaluate_task(cfg, tokens, pretrained, tuned, run_id))
         results = [data, tokens, pretrained, *tuned.values(), evaluated]
 
         cached = [r.stage for r in results if r.cached]

@@ -308,6 +308,17 @@ class PromotionConfig:
 
 
 @dataclass
+class RunnerConfig:
+    kind: str
+    address: Optional[str]
+    n_workers: int
+    threads_per_worker: int
+
+    def __post_init__(self) -> None:
+        _check_choice("runner.kind", self.kind, ("local", "dask"))
+
+
+@dataclass
 class LifecycleConfig:
     name: str
     seed: int
@@ -323,6 +334,7 @@ class LifecycleConfig:
     tracking: TrackingConfig
     cache: CacheConfig
     promotion: PromotionConfig
+    runner: RunnerConfig
     # The resolved YAML, saved with every run (not part of the schema).
     resolved_yaml: str = field(default="", repr=False)
 

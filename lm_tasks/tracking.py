@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -83,7 +85,8 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
         run_id = _resumable(json.loads(resume_from.read_text())["run_id"], parent_run_id)
     name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
     family = stage.split(":")[0]  # finetune:classification is tagged stage=finetune
-    all_tags = {"stage": family, **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
+    all_tags = {"stage": family, "host": socket.gethostname(), "pid": str(os.getpid()),  # who ran it
+                **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else name,
                            parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=all_tags)
     if resume_from is not None:

@@ -99,7 +99,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v, is_causal=k.size(2) == T and T > 1, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, C/H)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y)
+        return self.resid_dropout(y) if self.training else y  # (skipping the call speeds up decoding)
 
 
 class MLP(nn.Module):
@@ -110,7 +111,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        x = self.proj(F.gelu(self.fc(x)))
+        return self.dropout(x) if self.training else x
 
 
 class Block(nn.Module):
@@ -182,10 +184,11 @@ class GPT(nn.Module):
             raise ValueError(f"Sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C)
         if self.config.pos_encoding == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
+            x = x + self.wpe.weight[start:start + T]  # positions start..start+T-1: (T, C) broadcast over B
         else:
             x = x + self.pe[start:start + T]
-        x = self.drop(x)
+        if self.training:
+            x = self.drop(x)
         for block in self.blocks:
             x = block(x, cache)
         return self.ln_f(x)
@@ -208,7 +211,7 @@ class GPT(nn.Module):
         no_decay = [p for p in params.values() if p.dim() < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                  generator: torch.Generator | None = None, num_beams: int = 1,
@@ -242,7 +245,7 @@ class GPT(nn.Module):
         self.train(was_training)
         return idx
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def beam_search(self, idx: torch.Tensor, max_new_tokens: int, num_beams: int,
                     eos_id: int | None = None, length_penalty: float = 1.0) -> torch.Tensor:
         """The most probable continuation of idx (1, T) found with num_beams beams.

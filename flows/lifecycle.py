@@ -34,6 +34,7 @@ from lm_tasks.stages import lifecycle_key
 @flow(name="lifecycle")
 def lifecycle(overrides: list[str] | None = None) -> dict:
     cfg = load_config(overrides or [])
+    gate = promotion.gate_part(cfg.promotion, list(cfg.finetune)) if cfg.promotion.enabled else None  # fail early
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.paths.output_dir) / "config.yaml").write_text(cfg.resolved_yaml)
     key = lifecycle_key(cfg)
@@ -58,9 +59,8 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
                               **evaluated.metrics, **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
         summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
-        if cfg.promotion.enabled:
-            part = promotion.gate_part(cfg.promotion)
-            model = pretrained if part == "lm" else tuned[part]
+        if gate is not None:
+            model = pretrained if gate == "lm" else tuned[gate]
             decision = promotion.promote(cfg.promotion, evaluated.metrics, model.run_id, model.digest)
             promotion.record(decision)
             summary += "\n### Promotion\n\n" + promotion.markdown(decision)

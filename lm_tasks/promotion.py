@@ -21,11 +21,14 @@ from lm_tasks.config import ConfigError, PromotionConfig
 log = logging.getLogger(__name__)
 
 
-def gate_part(cfg: PromotionConfig) -> str:
-    """Which evaluated part the gate metric belongs to: `lm` or a task name."""
+def gate_part(cfg: PromotionConfig, tasks: list[str] | None = None) -> str:
+    """Which evaluated part the gate metric belongs to: `lm` or one of the fine-tuned `tasks`."""
     parts = cfg.metric.split("/")
     if len(parts) != 3 or parts[0] != "eval":
         raise ConfigError(f"promotion.metric must look like eval/<lm or task>/<metric>, got {cfg.metric!r}")
+    if tasks is not None and parts[1] not in ("lm", *tasks):
+        raise ConfigError(f"promotion.metric={cfg.metric!r} needs finetune={parts[1]} (fine-tuned here: "
+                          f"{', '.join(tasks) or 'none'}); or gate on eval/lm/bpb")
     return parts[1]
 
 

@@ -58,3 +58,5 @@ def test_higher_is_better_metrics_and_a_clear_error_for_unmeasured_ones(model_ru
         promote(gate(metric="eval/qa/f1"), {"eval/lm/bpb": 1.0}, model_runs[0], "d")
     with pytest.raises(ConfigError, match="eval/<lm or task>/<metric>"):
         gate_part(gate(metric="bpb"))
+    with pytest.raises(ConfigError, match=r"needs finetune=qa \(fine-tuned here: classification\)"):
+        gate_part(gate(metric="eval/qa/f1"), ["classification"])

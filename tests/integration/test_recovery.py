@@ -45,6 +45,16 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     return output
 
 
+def wait_for_first_checkpoint(process: subprocess.Popen, pretrain_dir: Path) -> Path:
+    """Poll until the running pretraining has written last.ckpt into its .partial folder."""
+    deadline = time.monotonic() + 240
+    while not list(pretrain_dir.glob("*.partial/checkpoints/last.ckpt")):
+        assert process.poll() is None, finish(process)
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.01)
+    return pretrain_dir
+
+
 def runs_by_stage(cfg) -> dict[str, list]:
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     client = MlflowClient()
@@ -65,12 +75,7 @@ def test_sigkill_mid_pretraining_resumes_with_identical_losses(smoke_overrides, 
     overrides = smoke_overrides + TRAINING
     cfg = load_config(overrides)
     process = start_lifecycle(overrides, prefect_env)
-    partial = Path(cfg.cache.store) / "pretrain"
-    deadline = time.monotonic() + 240
-    while not list(partial.glob("*.partial/checkpoints/last.ckpt")):
-        assert process.poll() is None, finish(process)
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.01)
+    partial = wait_for_first_checkpoint(process, Path(cfg.cache.store) / "pretrain")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -154,12 +159,7 @@ def test_sigterm_ends_the_runs_as_killed(smoke_overrides, prefect_env):
     overrides = smoke_overrides + TRAINING
     cfg = load_config(overrides)
     process = start_lifecycle(overrides, prefect_env)
-    partial = Path(cfg.cache.store) / "pretrain"
-    deadline = time.monotonic() + 240
-    while not list(partial.glob("*.partial/checkpoints/last.ckpt")):
-        assert process.poll() is None, finish(process)
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.01)
+    wait_for_first_checkpoint(process, Path(cfg.cache.store) / "pretrain")
     process.send_signal(signal.SIGTERM)  # what a cancelled Prefect run or a scheduler's stop sends
     output = finish(process, timeout=60)
     assert process.returncode != 0, output

@@ -41,15 +41,15 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     name = " ".join([tracking.default_run_name(cfg), *(overrides or [])])  # sweep jobs differ by name
     with StageCache(cfg.cache).try_exclusive(f"lifecycle-{key}") as alone, \
             tracking.lifecycle_run(cfg, key, name, alone, {"overrides": " ".join(overrides or [])}) as parent:
+        run_id = parent.info.run_id
         with stage_runner(cfg.runner) as runner:
-            common = {"cfg": cfg, "parent_run_id": parent.info.run_id}
+            common = {"cfg": cfg, "parent_run_id": run_id}
             data = run_stage(runner, data_task, **common)
             tokens = run_stage(runner, tokenizer_task, data=data, **common)
             pretrained = run_stage(runner, pretrain_task, tokens=tokens, **common)
             tuned = {task: run_stage(runner, finetune_task, task=task, pretrained=pretrained, **common)
                      for task in cfg.finetune}
             evaluated = run_stage(runner, evaluate_task, tokens=tokens, pretrained=pretrained, tuned=tuned, **common)
-        run_id = parent.info.run_id
         results = [data, tokens, pretrained, *tuned.values(), evaluated]
 
         cached = [r.stage for r in results if r.cached]

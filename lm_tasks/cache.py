@@ -123,7 +123,7 @@ class StageCache:
             return None
 
     def entry_dir(self, stage: str, key: str) -> Path:
-        return self.local / stage.replace(":", "-") / key
+        return self.local / entry_name(stage, key)
 
     # --- writing -------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class StageCache:
     def _push(self, stage: str, key: str, local: Path) -> None:
         if not self.remote:
             return
-        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{stage.replace(':', '-')}/{key}")
+        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{entry_name(stage, key)}")
         for path in sorted(local.rglob("*")):
             if path.is_file() and path.name != MANIFEST:
                 fs.makedirs(f"{root}/{path.parent.relative_to(local)}".rstrip("/."), exist_ok=True)
@@ -197,7 +197,7 @@ class StageCache:
     def _fetch(self, stage: str, key: str) -> bool:
         if not self.remote:
             return False
-        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{stage.replace(':', '-')}/{key}")
+        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{entry_name(stage, key)}")
         if not fs.exists(f"{root}/{MANIFEST}"):
             return False
         final = self.entry_dir(stage, key)
@@ -211,6 +211,11 @@ class StageCache:
         os.replace(tmp, final)
         log.info("cache: %s %s fetched from %s", stage, key[:12], self.remote)
         return True
+
+
+def entry_name(stage: str, key: str) -> str:
+    """`<stage>/<key>`, the same locally and in the store (finetune:qa -> finetune-qa)."""
+    return f"{stage.replace(':', '-')}/{key}"
 
 
 def verify(path: Path) -> dict:

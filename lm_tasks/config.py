@@ -161,6 +161,8 @@ class TrainerConfig:
     compile: bool
     fsdp_sharding: str
     activation_checkpointing: bool
+    launcher: str
+    rdzv_endpoint: Optional[str]
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "global_batch_size", "val_check_interval", "checkpoint_every_n_steps"):
@@ -170,6 +172,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.micro_batch_size must be >= 1 or null, got {self.micro_batch_size}")
         _check_choice("trainer.fsdp_sharding", self.fsdp_sharding,
                       ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"))
+        _check_choice("trainer.launcher", self.launcher, ("auto", "torchrun", "srun", "none"))
 
 
 @dataclass

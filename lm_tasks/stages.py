@@ -32,8 +32,9 @@ from lm_tasks.cache import StageCache, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 
-# Trainer keys that change how a run is logged or fed, never what it learns.
-NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc"}
+# Trainer keys that change how a run is logged, fed or launched, never what it learns.
+NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
+              "rdzv_endpoint"}
 
 
 @dataclass
@@ -179,10 +180,11 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
     tokens = tokens or find(cfg, "tokenizer")
 
     def compute(out: Path) -> tuple[str, dict]:
-        from lm_tasks.training.launch import run_pretraining
+        from lm_tasks.training.launch import run_training
 
-        summary = run_pretraining(cfg, Path(tokens.output_dir), Path(tokens.output_dir) / "tokenizer.json", out,
-                                  cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
+        inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
+        summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
+                               mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
@@ -196,12 +198,10 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     model_dir, model_digest = pretrained_model(cfg, pretrained)
 
     def compute(out: Path) -> tuple[str, dict]:
-        from lightning.pytorch.loggers import MLFlowLogger
+        from lm_tasks.training.launch import run_training
 
-        from lm_tasks.training.finetune import finetune_task
-
-        logger = MLFlowLogger(tracking_uri=cfg.tracking.tracking_uri, run_id=mlflow.active_run().info.run_id)
-        summary = finetune_task(cfg, task, model_dir, out, logger)
+        summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
+                               cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}

@@ -23,10 +23,10 @@ from lm_tasks.tasks.batching import pad
 
 
 class ClassificationHead(nn.Module):
-    def __init__(self, n_embd: int, n_labels: int, pooling: str):
+    def __init__(self, n_embd: int, n_labels: int, pooling: str, dropout: float):
         super().__init__()
         self.pooling = pooling
-        self.dropout = nn.Dropout(0.1)
+        self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(n_embd, n_labels)
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,8 @@ class ClassificationAdapter:
         self.label_names, self.pooling, self.max_length, self.pad_id = label_names, pooling, max_length, pad_id
 
     def build_head(self, model: GPT) -> nn.Module:
-        return ClassificationHead(model.config.n_embd, len(self.label_names), self.pooling)
+        # The head drops out at the backbone's rate (model.dropout of the pretrained model).
+        return ClassificationHead(model.config.n_embd, len(self.label_names), self.pooling, model.config.dropout)
 
     def encode(self, ds: Dataset, tokenizer: Tokenizer) -> tuple[Dataset, int]:
         """Token ids per row (truncated to max_length); returns the rows and how many were truncated."""

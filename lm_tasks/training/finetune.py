@@ -7,13 +7,19 @@ evaluate stage (`lm_tasks.tasks.evaluate`) then scores the exported model.
 Output folder (`paths.finetune_dir/<task>`):
     checkpoints/best.ckpt   the best checkpoint by the monitored validation metric
     model/                  backbone (exported format) + head.safetensors + task.json
-    train_summary.json      best validation score, steps, data counts
+
+On several devices (`trainer.devices`, `trainer.num_nodes`, launched by
+`lm_tasks.training.launch`) `batch_size` stays the global batch: each rank takes its
+share of one seeded order, so a step sees the same examples as on one device. Every
+rank validates on the whole validation set, so early stopping agrees everywhere and
+the generation metrics are exact.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,10 +28,10 @@ import torch.nn as nn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from safetensors.torch import save_model
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from lm_tasks.artifacts import atomic_path, write_json
-from lm_tasks.config import LifecycleConfig, TaskConfig
+from lm_tasks.artifacts import atomic_path
+from lm_tasks.config import ConfigError, LifecycleConfig, TaskConfig
 from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
@@ -110,22 +116,27 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         gradient_clip_val=t.gradient_clip_val, logger=logger,
         callbacks=[checkpoint, stopper, Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10))],
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(out_dir),
+        default_root_dir=str(out_dir), use_distributed_sampler=False,  # sharded below, validation whole
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(encoded["train"], batch_size=task_cfg.batch_size, shuffle=True,
-                              collate_fn=adapter.collate, generator=generator)
+    world, rank = trainer.world_size, trainer.global_rank
+    if task_cfg.batch_size % world:
+        raise ConfigError(f"finetune.{task_name}.batch_size={task_cfg.batch_size} (the global batch) is not "
+                          f"divisible by the {world} training processes")
+    sampler = DistributedSampler(encoded["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(encoded["train"], batch_size=task_cfg.batch_size // world, sampler=sampler,
+                              collate_fn=adapter.collate)
     val_loader = DataLoader(encoded["validation"], batch_size=task_cfg.batch_size, collate_fn=adapter.collate)
-    with sigterm_between_steps():
+    with warnings.catch_warnings(), sigterm_between_steps():
+        # Lightning asks for sync_dist on validation metrics; every rank already scores the whole set.
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level")
         trainer.fit(module, train_loader, val_loader)
 
-    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    save_task_model(module, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
-    summary = {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
-               "steps": trainer.global_step, "info": info}
-    write_json(out_dir / "train_summary.json", summary)
-    return summary
+    if trainer.is_global_zero:  # one process exports
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        save_task_model(module, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
+    return {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
+            "steps": trainer.global_step, "world_size": world, "info": info}
 
 
 def save_task_model(module: FinetuneModule, adapter, model_dir: Path, tokenizer_path: Path) -> None:

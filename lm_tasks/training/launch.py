@@ -1,70 +1,129 @@
-"""Pretraining on one process or many: the stage calls `run_pretraining`, which trains
-in-process, or on several processes started by `torchrun` when the trainer config asks
-for more than one device on this node.
+"""Training on one process or many: the pretrain and fine-tune stages call `run_training`,
+which trains in this process, or on several processes across one or more machines.
 
-Each worker process runs `python -m lm_tasks.training.launch <request.json>`: the
+Launchers (`trainer.launcher`):
+- `torchrun`: on one node, `torchrun --standalone --nproc-per-node=N`. On several nodes
+  the stage starts node 0 itself (c10d rendezvous at `trainer.rdzv_endpoint`) and writes
+  `join.sh` beside the request: run it on each other node (shared filesystem).
+- `srun`: inside a SLURM allocation, one `srun` starts every task on every node.
+- `auto`: `srun` for several nodes inside a SLURM job, else `torchrun`.
+- `none`: train in this process; for flows that were themselves started once per rank.
+
+Every worker runs `python -m lm_tasks.training.launch <request.json>`: the job, the
 resolved config, the input and output folders and the MLflow run to log into. Lightning
-reads the ranks torchrun sets; rank 0 logs and exports, every rank trains.
+reads the ranks the launcher sets; every rank trains, rank 0 logs and exports. The flow,
+the stage cache and the tracking stay in the one process that launched the workers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import socket
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from lm_tasks.artifacts import read_json, write_json
-from lm_tasks.config import LifecycleConfig, config_from_dict
+from lm_tasks.config import ConfigError, LifecycleConfig, TrainerConfig, config_from_dict
 from lm_tasks.training.distributed import world_size
 
 log = logging.getLogger(__name__)
 
-REQUEST, SUMMARY = "launch_request.json", "train_summary.json"
+REQUEST, SUMMARY, JOIN = "launch_request.json", "train_summary.json", "join.sh"
+DEFAULT_RDZV_PORT = 29400
 
 
-def run_pretraining(cfg: LifecycleConfig, tokens_dir: Path, tokenizer_path: Path, out_dir: Path,
-                    tracking_uri: str, run_id: str) -> dict:
-    """Train and return pretrain()'s summary; metrics go to the MLflow run `run_id`."""
-    from lightning.pytorch.loggers import MLFlowLogger
+def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tracking_uri: str,
+                 run_id: str) -> dict:
+    """Run `job` ("pretrain" or "finetune") with `inputs`; return its summary (also written
+    to `out_dir/train_summary.json`). Metrics go to the MLflow run `run_id`."""
+    launcher = resolve_launcher(cfg.trainer)
+    if world_size(cfg.trainer) == 1 or launcher == "none":
+        from lightning.pytorch.loggers import MLFlowLogger
 
-    from lm_tasks.training.pretrain import pretrain
-
-    processes = world_size(cfg.trainer)
-    if processes == 1 or cfg.trainer.num_nodes > 1 or "LOCAL_RANK" in os.environ:
-        # One process, or already one rank of a job launched by torchrun / SLURM.
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
-        return pretrain(cfg, tokens_dir, tokenizer_path, out_dir, logger)
+        summary = _train(job, cfg, inputs, out_dir, MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id))
+        write_json(out_dir / SUMMARY, summary)
+        return summary
     request = out_dir / REQUEST
-    write_json(request, {"config": asdict(cfg), "tokens_dir": str(tokens_dir), "tokenizer_path": str(tokenizer_path),
+    write_json(request, {"job": job, "config": asdict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
                          "out_dir": str(out_dir), "tracking_uri": tracking_uri, "run_id": run_id})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc-per-node={processes}", "-m", "lm_tasks.training.launch", str(request)]
-    log.info("pretrain: %d processes: %s", processes, " ".join(command))
+    command = launch_command(cfg.trainer, launcher, request, rdzv_id=run_id)
+    if launcher == "torchrun" and cfg.trainer.num_nodes > 1:
+        join = out_dir / JOIN
+        join.write_text(f"#!/bin/sh\n# Run on each of the other {cfg.trainer.num_nodes - 1} node(s) to join "
+                        f"this {job} job (shared filesystem).\ncd {shlex.quote(os.getcwd())} && exec "
+                        f"{shlex.join(command)}\n")
+        log.warning("%s: waiting for %d more node(s) to join at %s: on each, run  sh %s", job,
+                    cfg.trainer.num_nodes - 1, rendezvous_endpoint(cfg.trainer), join)
+    log.info("%s: %d processes: %s", job, world_size(cfg.trainer), shlex.join(command))
     result = subprocess.run(command)
     if result.returncode != 0:
-        raise RuntimeError(f"Distributed pretraining failed (exit {result.returncode}); its log is above. "
-                           f"Command: {' '.join(command)}")
+        raise RuntimeError(f"Distributed {job} failed (exit {result.returncode}); its log is above. "
+                           f"Command: {shlex.join(command)}")
     return read_json(out_dir / SUMMARY)
+
+
+def resolve_launcher(t: TrainerConfig) -> str:
+    if t.launcher != "auto":
+        return t.launcher
+    if "LOCAL_RANK" in os.environ:  # this flow is already one rank of a job someone else launched
+        return "none"
+    return "srun" if t.num_nodes > 1 and "SLURM_JOB_ID" in os.environ else "torchrun"
+
+
+def rendezvous_endpoint(t: TrainerConfig) -> str:
+    return t.rdzv_endpoint or f"{socket.getfqdn()}:{DEFAULT_RDZV_PORT}"
+
+
+def launch_command(t: TrainerConfig, launcher: str, request: Path, rdzv_id: str) -> list[str]:
+    """The command that starts every worker of this node (torchrun) or of the allocation (srun)."""
+    per_node = world_size(t) // t.num_nodes
+    worker = ["-m", "lm_tasks.training.launch", str(request)]
+    if launcher == "srun":
+        return ["srun", f"--nodes={t.num_nodes}", f"--ntasks-per-node={per_node}", "--kill-on-bad-exit=1",
+                sys.executable, *worker]
+    if launcher != "torchrun":
+        raise ConfigError(f"trainer.launcher={launcher!r} cannot start processes; use torchrun or srun")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={per_node}"]
+    if t.num_nodes == 1:
+        return [*torchrun, "--standalone", "--nnodes=1", *worker]
+    return [*torchrun, f"--nnodes={t.num_nodes}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous_endpoint(t)}", f"--rdzv-id={rdzv_id}", *worker]
+
+
+def _train(job: str, cfg: LifecycleConfig, inputs: dict, out_dir: Path, logger) -> dict:
+    if job == "pretrain":
+        from lm_tasks.training.pretrain import pretrain
+
+        return pretrain(cfg, inputs["tokens_dir"], inputs["tokenizer_path"], out_dir, logger)
+    if job == "finetune":
+        from lm_tasks.training.finetune import finetune_task
+
+        return finetune_task(cfg, inputs["task"], inputs["pretrained_dir"], out_dir, logger)
+    raise ValueError(f"unknown training job {job!r}; expected pretrain or finetune")
+
+
+def global_rank() -> int:
+    """This worker's rank as torchrun (RANK) or SLURM (SLURM_PROCID) set it."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def main(request_path: str) -> None:
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from lm_tasks.training.pretrain import pretrain
-
     request = read_json(request_path)
     cfg = config_from_dict(request["config"])
-    rank_zero = os.environ.get("RANK", "0") == "0"
+    rank_zero = global_rank() == 0
     logger = MLFlowLogger(tracking_uri=request["tracking_uri"], run_id=request["run_id"]) if rank_zero else False
-    summary = pretrain(cfg, request["tokens_dir"], request["tokenizer_path"], request["out_dir"], logger)
+    summary = _train(request["job"], cfg, request["inputs"], Path(request["out_dir"]), logger)
     if rank_zero:
         write_json(Path(request["out_dir"]) / SUMMARY, summary)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [rank " + os.environ.get("RANK", "0")
-                        + "] %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(name)s [rank {global_rank()}] %(message)s")
     main(sys.argv[1])

@@ -1,7 +1,12 @@
-"""Data-parallel pretraining on CPU: two processes (torchrun, gloo) train what one process trains."""
+"""Data-parallel training on CPU (gloo): two processes, on one "node" or joined across two
+by rendezvous, train what one process trains; fine-tuning too."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from lm_tasks.config import load_config
 from lm_tasks.models.gpt import GPT
 from lm_tasks.models.io import load_pretrained
-from lm_tasks.stages import run_data, run_pretrain, run_tokenizer
+from lm_tasks.stages import StageResult, run_data, run_finetune, run_pretrain, run_tokenizer
 from lm_tasks.training.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -20,26 +25,37 @@ pytestmark = pytest.mark.slow
 # The same global batch (8 sequences per optimizer step) on one process, then on two of 4 each.
 TRAINING = ["model.dropout=0.0", "trainer.max_steps=12", "trainer.global_batch_size=8",
             "trainer.val_check_interval=3", "trainer.limit_val_batches=1.0", "trainer.log_every_n_steps=1"]
+TWO_PROCESSES = ["trainer.devices=2", "trainer.strategy=ddp"]
 
 
-def val_losses(cfg, run_id: str) -> dict[int, float]:
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[list[str], StageResult, StageResult]:
+    """Overrides, tokens and the single-process pretraining every test compares against."""
+    overrides = ["debug=smoke", f"paths.root_dir={tmp_path_factory.mktemp('root')}"] + TRAINING
+    cfg = load_config(overrides)
+    tokens = run_tokenizer(cfg, run_data(cfg))
+    return overrides, tokens, run_pretrain(cfg, tokens)
+
+
+def history(cfg, run_id: str, metric: str) -> dict[int, float]:
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val/loss")}
+    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, metric)}
 
 
-def test_two_processes_follow_the_single_process_trajectory(smoke_overrides):
-    single = load_config(smoke_overrides + TRAINING)
-    tokens = run_tokenizer(single, run_data(single))
-    one = run_pretrain(single, tokens)
-    ddp = load_config(smoke_overrides + TRAINING + ["trainer.devices=2", "trainer.strategy=ddp"])
-    two = run_pretrain(ddp, tokens)
-    assert two.key != one.key  # a different stage output, cached apart
-
-    # Validation loss at every check: equal up to float summation order (tolerance 1e-5).
-    expected, got = val_losses(single, one.run_id), val_losses(ddp, two.run_id)
+def assert_same_trajectory(cfg, one: StageResult, two: StageResult) -> None:
+    """Validation loss at every check: equal up to float summation order (tolerance 1e-5)."""
+    expected, got = history(cfg, one.run_id, "val/loss"), history(cfg, two.run_id, "val/loss")
     assert sorted(got) == sorted(expected) == [2, 5, 8, 11]
     assert max(abs(got[step] - expected[step]) for step in expected) < 1e-5
     assert got[11] < got[2] - 0.2  # and it learned
+
+
+def test_two_processes_follow_the_single_process_trajectory(single):
+    overrides, tokens, one = single
+    ddp = load_config(overrides + TWO_PROCESSES)
+    two = run_pretrain(ddp, tokens)
+    assert two.key != one.key  # a different stage output, cached apart
+    assert_same_trajectory(ddp, one, two)
 
     # The exported weights and the DDP checkpoint load in this single process.
     a, b = load_pretrained(Path(one.output_dir) / "model"), load_pretrained(Path(two.output_dir) / "model")
@@ -49,3 +65,48 @@ def test_two_processes_follow_the_single_process_trajectory(smoke_overrides):
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     x = torch.randint(0, b.config.vocab_size, (2, b.config.block_size))
     assert torch.allclose(model.eval()(x)[0], b.eval()(x)[0], atol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_second_node_joins_with_the_written_join_script(single):
+    """Two "nodes" (one process each, both on this machine): the stage starts node 0 and
+    writes join.sh; running it from another shell completes the job."""
+    overrides, tokens, one = single
+    cfg = load_config(overrides + ["trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp",
+                                   "trainer.launcher=torchrun", f"trainer.rdzv_endpoint=127.0.0.1:{free_port()}"])
+    joined: list[subprocess.CompletedProcess] = []
+
+    def second_node() -> None:
+        deadline = time.monotonic() + 120
+        while not (scripts := list(Path(cfg.cache.store).glob("pretrain/*.partial/join.sh"))):
+            assert time.monotonic() < deadline, "the pretrain stage wrote no join.sh"
+            time.sleep(0.2)
+        joined.append(subprocess.run(["sh", str(scripts[0])], capture_output=True, text=True, timeout=300))
+
+    node1 = threading.Thread(target=second_node)
+    node1.start()
+    two = run_pretrain(cfg, tokens)
+    node1.join()
+    assert joined[0].returncode == 0, joined[0].stderr[-3000:]
+    assert "--nnodes=2" in (Path(two.output_dir) / "join.sh").read_text()
+    assert_same_trajectory(cfg, one, two)
+
+
+def test_finetuning_on_two_processes_matches_one(single):
+    overrides, _, pretrained = single
+    task = ["finetune=classification", "finetune.classification.max_steps=20", "finetune.classification.batch_size=8",
+            "finetune.classification.val_check_interval=5", "finetune.classification.patience=10"]
+    one_cfg, two_cfg = load_config(overrides + task), load_config(overrides + task + TWO_PROCESSES)
+    one = run_finetune(one_cfg, "classification", pretrained)
+    two = run_finetune(two_cfg, "classification", pretrained)
+    expected = history(one_cfg, one.run_id, "val/loss")
+    got = history(two_cfg, two.run_id, "val/loss")
+    assert sorted(got) == sorted(expected) and len(got) == 4
+    assert max(abs(got[step] - expected[step]) for step in expected) < 1e-5
+    assert history(two_cfg, two.run_id, "val/accuracy") == history(one_cfg, one.run_id, "val/accuracy")
+    assert (Path(two.output_dir) / "model" / "head.safetensors").is_file()

@@ -11,7 +11,7 @@ from lm_tasks.tasks.classification import ClassificationAdapter, ClassificationH
 
 
 def test_last_pooling_reads_the_last_real_token():
-    head = ClassificationHead(n_embd=4, n_labels=3, pooling="last").eval()
+    head = ClassificationHead(n_embd=4, n_labels=3, pooling="last", dropout=0.1).eval()
     hidden = torch.randn(2, 5, 4)
     lengths = torch.tensor([5, 2])
     expected = head.out(torch.stack([hidden[0, 4], hidden[1, 1]]))
@@ -19,7 +19,7 @@ def test_last_pooling_reads_the_last_real_token():
 
 
 def test_mean_pooling_ignores_padding():
-    head = ClassificationHead(n_embd=4, n_labels=2, pooling="mean").eval()
+    head = ClassificationHead(n_embd=4, n_labels=2, pooling="mean", dropout=0.1).eval()
     hidden = torch.randn(1, 6, 4)
     padded = hidden.clone()
     padded[0, 3:] = 100.0  # padding positions must not matter

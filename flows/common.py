@@ -7,10 +7,12 @@ import itertools
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Iterator
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.states import Completed
@@ -42,11 +44,16 @@ RETRY_POLICY = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": re
 def stage_task(name: str, **options):
     """Decorate a function returning a StageResult as a Prefect task. Prefect's own result
     cache is off: the stage cache (lm_tasks/cache.py) decides, and a hit finishes the task
-    run in Prefect's `Cached` state."""
+    run in Prefect's `Cached` state. A stage's report.md (data, evaluate) becomes the
+    task run's markdown artifact `<stage>-report`."""
 
     def decorate(fn: Callable[..., StageResult]):
         def run(*args, **kwargs):
             result = fn(*args, **kwargs)
+            report = Path(result.output_dir) / "report.md"
+            if report.is_file():
+                create_markdown_artifact(report.read_text(), key=f"{name}-report",
+                                         description=f"The {name} stage's report ({'cached' if result.cached else 'ran'})")
             if result.cached:
                 return Completed(data=result, name="Cached", message=f"cache hit: key {result.key[:12]}")
             return result

@@ -43,14 +43,72 @@ class PathsConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Heuristic document filters (lm_tasks/data/quality.py); null turns a rule off."""
+
+    min_words: Optional[float]
+    max_words: Optional[float]
+    min_mean_word_length: Optional[float]
+    max_mean_word_length: Optional[float]
+    max_symbol_word_ratio: Optional[float]
+    min_alpha_word_fraction: Optional[float]
+    min_punctuation_line_fraction: Optional[float]
+    max_duplicate_line_fraction: Optional[float]
+    max_top_2gram_fraction: Optional[float]
+    max_top_3gram_fraction: Optional[float]
+    max_top_4gram_fraction: Optional[float]
+    max_duplicate_5gram_fraction: Optional[float]
+
+
+@dataclass
+class NearDedupConfig:
+    enabled: bool
+    num_perm: int
+    shingle_size: int
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"data.cleaning.near_dedup.threshold must be in (0, 1], got {self.threshold}")
+        if self.num_perm < 2 or self.shingle_size < 1:
+            raise ConfigError("data.cleaning.near_dedup needs num_perm >= 2 and shingle_size >= 1, "
+                              f"got {self.num_perm} and {self.shingle_size}")
+
+
+@dataclass
+class DecontaminationConfig:
+    enabled: bool
+    ngram: int
+    tasks: bool  # also the evaluation splits of the selected fine-tuning tasks
+
+    def __post_init__(self) -> None:
+        if self.ngram < 1:
+            raise ConfigError(f"data.cleaning.decontamination.ngram must be >= 1, got {self.ngram}")
+
+
+@dataclass
 class CleaningConfig:
+    name: str
     unicode_form: str
+    pii: List[str]
     min_chars: int
     max_chars: int
-    dedup: bool
+    quality: QualityConfig
+    languages: Optional[List[str]]
+    exact_dedup: bool
+    near_dedup: NearDedupConfig
+    decontamination: DecontaminationConfig
+    dropped_samples: int
 
     def __post_init__(self) -> None:
         _check_choice("data.cleaning.unicode_form", self.unicode_form, ("NFC", "NFKC", "none"))
+        from lm_tasks.data.language import LANGUAGES
+        from lm_tasks.data.pii import KINDS
+
+        for kind in self.pii:
+            _check_choice("data.cleaning.pii", kind, KINDS)
+        for language in self.languages or []:
+            _check_choice("data.cleaning.languages", language, LANGUAGES)
         if self.min_chars < 0 or self.max_chars < max(self.min_chars, 1):
             raise ConfigError(
                 f"data.cleaning: need 0 <= min_chars <= max_chars and max_chars >= 1, "
@@ -73,6 +131,9 @@ class DataConfig:
     validation_split: Optional[str]
     val_ratio: float
     max_rows: Optional[int]
+    max_bytes: Optional[int]
+    streaming: bool
+    shard_rows: int
     num_proc: int
     cleaning: CleaningConfig
 
@@ -90,8 +151,11 @@ class DataConfig:
             raise ConfigError(f"data.val_ratio must be between 0 and 1, got {self.val_ratio}")
         if self.num_proc < 1:
             raise ConfigError(f"data.num_proc must be >= 1, got {self.num_proc}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"data.max_rows must be >= 1 or null, got {self.max_rows}")
+        for key in ("max_rows", "max_bytes"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be >= 1 or null, got {getattr(self, key)}")
+        if self.shard_rows < 1:
+            raise ConfigError(f"data.shard_rows must be >= 1, got {self.shard_rows}")
 
 
 @dataclass

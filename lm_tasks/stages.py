@@ -67,7 +67,12 @@ def data_key(cfg: LifecycleConfig) -> str:
     inputs = {}
     if cfg.data.source == "local":  # the files' content, not their names
         inputs["files"] = _files_digest(cfg.data.files + cfg.data.validation_files, "data.files")
-    return stage_key("data", {"data": data, "seed": cfg.seed}, ["data", "artifacts.py"], inputs)
+    config = {"data": data, "seed": cfg.seed}
+    decontamination = cfg.data.cleaning.decontamination
+    if decontamination.enabled and decontamination.tasks and cfg.finetune:  # their evaluation sets are inputs
+        config["tasks"] = {task: asdict(cfg.finetune[task].data) for task in cfg.finetune}
+        inputs.update({task: _task_files(cfg, task).get("files", "") for task in cfg.finetune})
+    return stage_key("data", config, ["data", "artifacts.py", "tasks/data.py", "tasks/embedded.py"], inputs)
 
 
 def tokenizer_key(cfg: LifecycleConfig, data: StageResult) -> str:
@@ -124,20 +129,33 @@ def _without(values: dict, drop: set) -> dict:
 def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageResult:
     def compute(out: Path) -> tuple[str, dict]:
         from lm_tasks.data.prepare import prepare_data
+        from lm_tasks.data.report import FILES
 
-        stats = prepare_data(cfg.data, out, cfg.seed)
+        report = prepare_data(cfg.data, out, cfg.seed, _decontamination_sets(cfg))
         metrics = {}
-        for split, counts in stats["splits"].items():
+        for split, counts in report["splits"].items():
             metrics[f"data/{split}_rows"] = counts["rows"]
             metrics[f"data/{split}_bytes"] = counts["bytes"]
-        for split, steps in stats["cleaning"].items():
+        for split, steps in report["steps"].items():
             for step in steps:
-                metrics[f"data/{split}/{step['step']}_rows_in"] = step["rows_in"]
-                metrics[f"data/{split}/{step['step']}_rows_out"] = step["rows_out"]
-        mlflow.log_artifact(str(out / "stats.json"))
-        return stats["digest"], metrics
+                prefix = f"data/{split}/{step['step']}"
+                metrics.update({f"{prefix}_rows_out": step["rows_out"], f"{prefix}_bytes_out": step["bytes_out"],
+                                f"{prefix}_dropped": step["rows_in"] - step["rows_out"]})
+        for name in (*FILES, "manifest.json"):
+            mlflow.log_artifact(str(out / name))
+        tracking.log_dataset(report["digest"], cfg.data, out)
+        return report["digest"], metrics
 
     return _run_stage(cfg, "data", data_key(cfg), {}, compute, parent_run_id)
+
+
+def _decontamination_sets(cfg: LifecycleConfig) -> dict[str, list[str]]:
+    """The evaluation texts of the selected fine-tuning tasks (name -> texts)."""
+    if not (cfg.data.cleaning.decontamination.enabled and cfg.data.cleaning.decontamination.tasks):
+        return {}
+    from lm_tasks.tasks.data import evaluation_texts
+
+    return {f"finetune.{task}": evaluation_texts(cfg.finetune[task], cfg.seed) for task in cfg.finetune}
 
 
 def run_tokenizer(cfg: LifecycleConfig, data: StageResult | None = None,

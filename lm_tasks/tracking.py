@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lm_tasks.artifacts import write_json
-from lm_tasks.config import LifecycleConfig, TrackingConfig
+from lm_tasks.config import DataConfig, LifecycleConfig, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +187,20 @@ def git_commit() -> str | None:
         except (OSError, subprocess.SubprocessError):
             _GIT_COMMIT.append(None)
     return _GIT_COMMIT[0]
+
+
+def log_dataset(digest: str, data: DataConfig, data_dir: Path) -> None:
+    """Record the cleaned dataset as an input of the active run: its origin, content digest
+    and the manifest's row counts."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import HuggingFaceDatasetSource, LocalArtifactDatasetSource
+    from mlflow.types.schema import ColSpec, Schema
+
+    if data.source == "hub":
+        origin = HuggingFaceDatasetSource(path=data.hub_name, config_name=data.hub_config, revision=data.hub_revision)
+    else:
+        origin = LocalArtifactDatasetSource(str(Path(data_dir).resolve() / "shards"))
+    schema = Schema([ColSpec("string", "text"), ColSpec("string", "source"), ColSpec("long", "row"),
+                     ColSpec("long", "n_bytes")])
+    dataset = MetaDataset(origin, name=f"{data.name}-cleaned", digest=digest[:32], schema=schema)
+    mlflow.log_input(dataset, context="training")

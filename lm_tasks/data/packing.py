@@ -2,7 +2,9 @@
 
 Documents are concatenated with the end-of-text id between them and written as
 `<split>.bin` (uint16 when the vocabulary fits, else uint32) plus `meta.json`
-with the token and byte counts that bits-per-byte needs. Training slices blocks
+with the token and byte counts that bits-per-byte needs. `<split>.docs.npy` holds
+where each document starts, so any token traces back to its row of the cleaned split
+and from there to its source file and line (`trace_token`). Training slices blocks
 out of the memmap, so the loader does no tokenising and no per-step Python work
 beyond one slice.
 """
@@ -53,6 +55,9 @@ def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size:
     n_tokens = int(lengths.sum())
     n_bytes = int(np.sum(encoded["n_bytes"])) + len(encoded)
     dtype = token_dtype(vocab_size)
+    with atomic_path(docs_path(out_path)) as tmp:
+        with open(tmp, "wb") as f:  # an open file: np.save would append ".npy" to the temporary name
+            np.save(f, np.cumsum(lengths) - lengths)
     with atomic_path(out_path) as tmp:
         arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
         pos = 0
@@ -65,6 +70,22 @@ def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size:
         arr.flush()
         del arr
     return {"tokens": n_tokens, "bytes": n_bytes, "documents": len(encoded), "dtype": dtype.name}
+
+
+def docs_path(bin_path: str | Path) -> Path:
+    return Path(bin_path).with_suffix(".docs.npy")
+
+
+def trace_token(tokens_dir: str | Path, split: str, position: int, dataset: Dataset) -> dict:
+    """The document that the token at `position` of `<split>.bin` belongs to: its index in
+    the cleaned split, offset inside the document in tokens, source and row."""
+    starts = np.load(docs_path(Path(tokens_dir) / f"{split}.bin"), mmap_mode="r")
+    index = int(np.searchsorted(starts, position, side="right")) - 1
+    if index < 0 or position < 0:
+        raise IndexError(f"token position {position} is outside {split}.bin")
+    row = dataset[index]
+    return {"document": index, "token_offset": position - int(starts[index]), "source": row["source"],
+            "row": row["row"], "text": row["text"]}
 
 
 def read_meta(tokens_dir: str | Path) -> dict:

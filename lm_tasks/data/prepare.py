@@ -1,71 +1,87 @@
-"""The data stage: load the configured source, clean it, split it, save it.
+"""The data stage: read the configured source, clean every split, make the validation
+split, decontaminate the training rows, write parquet shards and the data report.
 
 Output folder (`paths.data_dir`):
-    dataset/      a `DatasetDict` (train, validation) saved with `save_to_disk`
-    stats.json    rows and bytes per split, rows in/out of every cleaning step
+    shards/, manifest.json   the cleaned splits (lm_tasks/data/shards.py)
+    report.json, report.md, dropped_samples.jsonl, lengths.png   (lm_tasks/data/report.py)
+
+Every split must keep at least one row: an empty source, or cleaning that removes
+everything, is an error saying which split and which steps, never an empty split.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
-from datasets import DatasetDict, load_from_disk
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
 
-from lm_tasks.artifacts import atomic_path, files_digest, write_json
 from lm_tasks.config import DataConfig
-from lm_tasks.data.cleaning import clean_dataset
+from lm_tasks.data.cleaning import StepReport, clean_split, decontaminate
+from lm_tasks.data.decontamination import NgramIndex
+from lm_tasks.data.report import build_report, write_report
+from lm_tasks.data.shards import load_shards, write_shards
 from lm_tasks.data.sources import EmptyDataError, load_raw
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int) -> dict:
-    """Run the data stage; return its statistics (also written to stats.json)."""
-    out_dir = Path(out_dir)
-    raw = load_raw(cfg)
-    cleaned, cleaning = {}, {}
-    for split, ds in raw.items():
-        _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty")
-        cleaned[split], cleaning[split] = clean_dataset(ds, cfg.cleaning, cfg.num_proc)
-        _require_rows(len(cleaned[split]), _all_removed(split, cleaning[split]))
-    if "validation" not in cleaned:
-        cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)
+def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
+                 eval_texts: dict[str, list[str]] | None = None) -> dict:
+    """Run the data stage; return the report (also written to report.json).
 
-    dataset = DatasetDict(cleaned)
-    with atomic_path(out_dir / "dataset", is_dir=True) as tmp:
-        dataset.save_to_disk(str(tmp))
-    stats = {
-        "source": cfg.name,
-        "splits": {
-            split: {"rows": len(ds), "bytes": sum(len(t.encode("utf-8")) for t in ds["text"])}
-            for split, ds in dataset.items()
-        },
-        "cleaning": cleaning,
-        "digest": dataset_digest(out_dir),
-    }
-    write_json(out_dir / "stats.json", stats)
-    log.info("data: %s", {k: v["rows"] for k, v in stats["splits"].items()})
-    return stats
+    `eval_texts`: evaluation sets (name -> texts) besides the validation split that the
+    training rows are decontaminated against (the fine-tuning tasks' evaluation splits).
+    """
+    out_dir = Path(out_dir)
+    scratch = out_dir / ".scratch"  # Arrow files of the intermediate steps; removed at the end
+    try:
+        raw = load_raw(cfg, scratch)
+        cleaned, steps, lengths = {}, {}, {}
+        for split, ds in raw.items():
+            _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg)}")
+            lengths[split] = {"read": _text_bytes(ds)}
+            cleaned[split], steps[split] = clean_split(ds, cfg.cleaning, cfg.num_proc)
+            _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
+        if "validation" not in cleaned:
+            cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)
+        if cfg.cleaning.decontamination.enabled:
+            cleaned["train"], report = _decontaminate(cleaned, eval_texts or {}, cfg)
+            steps["train"].append(report)
+            _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
+        for split, ds in cleaned.items():
+            lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
+        manifest = write_shards(DatasetDict(cleaned), out_dir, cfg.shard_rows)
+        report = build_report(cfg.name, steps, manifest)
+        write_report(report, steps, lengths, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("data: %s", {k: v["rows"] for k, v in manifest["splits"].items()})
+    return report
 
 
 def load_prepared(data_dir: str | Path) -> DatasetDict:
-    path = Path(data_dir) / "dataset"
-    if not (path / "dataset_dict.json").exists():
-        raise FileNotFoundError(
-            f"No prepared dataset at {path}. Run the data stage first "
-            "(python -m flows.data, with the same name= and paths overrides)."
-        )
-    return load_from_disk(str(path))
+    """The cleaned splits of a data stage output, checked against its manifest."""
+    return load_shards(data_dir)
 
 
-def dataset_digest(data_dir: str | Path) -> str:
-    """Content digest of the saved dataset (its Arrow files, not its paths)."""
-    root = Path(data_dir) / "dataset"
-    return files_digest(list(root.rglob("*.arrow")), root)
+def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]],
+                   cfg: DataConfig) -> tuple[Dataset, StepReport]:
+    sets = {"validation": list(cleaned["validation"]["text"]), **eval_texts}
+    index = NgramIndex((text for texts in sets.values() for text in texts), n=cfg.cleaning.decontamination.ngram)
+    train, report = decontaminate(cleaned["train"], index, cfg.cleaning, cfg.num_proc)
+    report.details["eval_sets"] = {name: len(texts) for name, texts in sets.items()}
+    return train, report
 
 
-def _split_off_validation(train, val_ratio: float, seed: int) -> dict:
+def _text_bytes(ds: Dataset) -> np.ndarray:
+    return pc.binary_length(pc.cast(ds.with_format("arrow")["text"], "binary")).to_numpy(zero_copy_only=False)
+
+
+def _split_off_validation(train: Dataset, val_ratio: float, seed: int) -> dict:
     _require_rows(
         len(train) - 1,
         f"Only {len(train)} row is left after cleaning: at least 2 are needed to split off validation",
@@ -75,11 +91,17 @@ def _split_off_validation(train, val_ratio: float, seed: int) -> dict:
     return {"train": parts["train"], "validation": parts["test"]}
 
 
-def _all_removed(split: str, steps: list[dict]) -> str:
-    trail = ", ".join(f"{s['step']} {s['rows_in']} -> {s['rows_out']}" for s in steps)
+def _where(cfg: DataConfig) -> str:
+    files = cfg.files if cfg.source == "local" else []
+    return f": {', '.join(files)}" if files else ""
+
+
+def _all_removed(split: str, steps: list[StepReport]) -> str:
+    trail = ", ".join(f"{s.step} {s.rows_in} -> {s.rows_out}" for s in steps)
+    reasons = sorted({reason for s in steps for reason in s.dropped})
     return (
-        f"Cleaning removed every row of the {split} data ({trail}). "
-        "Check data.text_column and data.cleaning (min_chars, max_chars)."
+        f"Cleaning removed every row of the {split} data ({trail}; reasons: {', '.join(reasons)}). "
+        "Check data.text_column and data.cleaning (min_chars, max_chars, quality, languages)."
     )
 
 

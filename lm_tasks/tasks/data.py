@@ -8,12 +8,16 @@ used are handled by one documented rule per task and counted (see `validate_rows
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from lm_tasks.config import TASK_FIELDS, TaskConfig
-from lm_tasks.data.sources import BUILDERS, DataSourceError, EmptyDataError, builder_for, expand_files
+from lm_tasks.data.sources import DataSourceError, EmptyDataError, expand_files
 from lm_tasks.tasks.embedded import embedded_task_dataset
+
+# File extension -> `datasets` packaged builder.
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
@@ -41,6 +45,16 @@ def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
             raise EmptyDataError(f"The {name} split of {cfg.task} data from {label} has no usable rows")
         dataset[name] = kept
     return DatasetDict(dataset), info
+
+
+def evaluation_texts(cfg: TaskConfig, seed: int) -> list[str]:
+    """Every text of the task's validation split (what the evaluate stage scores on), for
+    decontaminating the pretraining data against it."""
+    validation = load_task_data(cfg, seed)[0]["validation"]
+    texts = []
+    for field in TEXT_FIELDS[cfg.task]:
+        texts += [t for t in validation[field] if isinstance(t, str) and t]
+    return texts
 
 
 def split_off_validation(train: Dataset, val_ratio: float, seed: int, split_by: str | None,
@@ -99,12 +113,21 @@ def _load_local(cfg: TaskConfig) -> DatasetDict:
     if d.validation_files:
         files["validation"] = expand_files(d.validation_files, f"finetune.{cfg.task}.data.validation_files")
     builder = builder_for(files)
-    if builder == "text":
-        raise DataSourceError(f"Task data must be one of jsonl, csv or parquet, not txt ({sorted(BUILDERS)})")
     try:
         return load_dataset(builder, data_files=files)
     except Exception as err:
         raise DataSourceError(f"Could not read {files} as {builder}: {type(err).__name__}: {err}") from err
+
+
+def builder_for(splits: dict[str, list[str]]) -> str:
+    suffixes = {Path(f).suffix.lower() for group in splits.values() for f in group}
+    unknown = suffixes - set(BUILDERS)
+    if unknown:
+        raise DataSourceError(f"Unsupported file type {sorted(unknown)}; task files must be one of {sorted(BUILDERS)}")
+    builders = {BUILDERS[s] for s in suffixes}
+    if len(builders) > 1:
+        raise DataSourceError(f"Task files mix formats {sorted(suffixes)}; use one format per task")
+    return builders.pop()
 
 
 def _map_columns(ds: Dataset, cfg: TaskConfig, label: str) -> Dataset:

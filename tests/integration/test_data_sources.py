@@ -1,4 +1,5 @@
-"""The data stage reads local files and fails clearly on bad sources."""
+"""The data stage reads every source by config alone, keeps each row's provenance, and
+writes parquet shards with a manifest that later stages check."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import json
 import pytest
 
 from lm_tasks.config import load_config
-from lm_tasks.data.prepare import EmptyDataError, load_prepared, prepare_data
+from lm_tasks.data.prepare import load_prepared, prepare_data
+from lm_tasks.data.shards import ShardError
 from lm_tasks.data.sources import DataSourceError
+from tests.text_samples import paragraphs
 
-PARAGRAPHS = [f"Paragraph {i} talks about topic {i % 7} at some length, with words." for i in range(60)]
+PARAGRAPHS = paragraphs(60, seed=7)
 
 
 def all_texts(data_dir) -> list[str]:
@@ -22,22 +25,25 @@ def data_cfg(*overrides: str):
     return load_config(["data=local", *overrides]).data
 
 
-def test_txt_files_one_row_per_paragraph_with_split(tmp_path):
-    text = "\n\n".join(PARAGRAPHS[:30])
-    (tmp_path / "a.txt").write_text(text)
-    (tmp_path / "b.txt").write_text("\n\n".join(PARAGRAPHS[30:]))
+def test_txt_files_one_row_per_paragraph_with_split_and_provenance(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(PARAGRAPHS[:30]))
+    (tmp_path / "b.txt").write_text("\n\n\n".join(PARAGRAPHS[30:]))
     cfg = data_cfg(f"data.files=[{tmp_path}/*.txt]", "data.val_ratio=0.1")
-    stats = prepare_data(cfg, tmp_path / "out", seed=0)
-    assert stats["splits"]["train"]["rows"] == 54 and stats["splits"]["validation"]["rows"] == 6
+    report = prepare_data(cfg, tmp_path / "out", seed=0)
+    assert report["splits"]["train"]["rows"] == 54 and report["splits"]["validation"]["rows"] == 6
     assert sorted(all_texts(tmp_path / "out")) == sorted(PARAGRAPHS)
+    # every row knows its file and first line
+    rows = {r["text"]: (r["source"], r["row"]) for split in load_prepared(tmp_path / "out").values() for r in split}
+    assert rows[PARAGRAPHS[0]] == (str(tmp_path / "a.txt"), 1)
+    assert rows[PARAGRAPHS[2]] == (str(tmp_path / "a.txt"), 5)  # paragraphs separated by one blank line
+    assert rows[PARAGRAPHS[32]] == (str(tmp_path / "b.txt"), 7)  # ... by two
 
 
 def test_split_is_seeded(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(PARAGRAPHS))
     cfg = data_cfg(f"data.files=[{tmp_path}/a.txt]")
-    prepare_data(cfg, tmp_path / "one", seed=3)
-    prepare_data(cfg, tmp_path / "two", seed=3)
-    prepare_data(cfg, tmp_path / "three", seed=4)
+    for name, seed in (("one", 3), ("two", 3), ("three", 4)):
+        prepare_data(cfg, tmp_path / name, seed=seed)
     val = {name: list(load_prepared(tmp_path / name)["validation"]["text"]) for name in ("one", "two", "three")}
     assert val["one"] == val["two"] != val["three"]
 
@@ -48,9 +54,10 @@ def test_jsonl_with_text_column_and_given_validation(tmp_path):
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[50:]))
     cfg = data_cfg(f"data.files=[{tmp_path}/train.jsonl]", f"data.validation_files=[{tmp_path}/val.jsonl]",
                    "data.text_column=body")
-    stats = prepare_data(cfg, tmp_path / "out", seed=0)
-    assert stats["splits"]["validation"]["rows"] == 10
-    assert list(load_prepared(tmp_path / "out")["validation"]["text"]) == PARAGRAPHS[50:]
+    report = prepare_data(cfg, tmp_path / "out", seed=0)
+    assert report["splits"]["validation"]["rows"] == 10
+    validation = load_prepared(tmp_path / "out")["validation"]
+    assert list(validation["text"]) == PARAGRAPHS[50:] and list(validation["row"]) == list(range(1, 11))
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
@@ -60,53 +67,48 @@ def test_csv_and_parquet(tmp_path, suffix):
     frame = pd.DataFrame({"content": PARAGRAPHS})
     path = tmp_path / f"data.{suffix}"
     frame.to_csv(path, index=False) if suffix == "csv" else frame.to_parquet(path)
-    stats = prepare_data(data_cfg(f"data.files=[{path}]", "data.text_column=content"), tmp_path / "out", 0)
-    assert sum(s["rows"] for s in stats["splits"].values()) == len(PARAGRAPHS)
+    report = prepare_data(data_cfg(f"data.files=[{path}]", "data.text_column=content"), tmp_path / "out", 0)
+    assert sum(s["rows"] for s in report["splits"].values()) == len(PARAGRAPHS)
 
 
-def test_invalid_utf8_crlf_bom_and_nul_bytes_in_a_file(tmp_path):
-    raw = ("\ufeffFirst paragraph with a BOM and CRLF\r\nline endings.\r\n\r\n".encode()
-           + b"Second paragraph with bad bytes \xff\xfe in it and a NUL\x00 byte.\r\n\r\n"
-           + "Third paragraph is plain and long enough.".encode())
-    (tmp_path / "messy.txt").write_bytes(raw)
-    stats = prepare_data(data_cfg(f"data.files=[{tmp_path}/messy.txt]", "data.val_ratio=0.34"),
-                         tmp_path / "out", 0)
-    assert sorted(all_texts(tmp_path / "out")) == [
-        "First paragraph with a BOM and CRLF\nline endings.",
-        "Second paragraph with bad bytes  in it and a NUL byte.",
-        "Third paragraph is plain and long enough.",
-    ]
-    assert stats["cleaning"]["train"][0] == {"step": "normalize", "rows_in": 3, "rows_out": 3, "changed": 2}
+def test_max_rows_and_max_bytes_stop_reading_early(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(PARAGRAPHS))
+    report = prepare_data(data_cfg(f"data.files=[{tmp_path}/a.txt]", "data.max_rows=20"), tmp_path / "rows", 0)
+    assert report["steps"]["train"][0]["rows_in"] == 20
+    budget = sum(len(p.encode()) for p in PARAGRAPHS[:10])
+    report = prepare_data(data_cfg(f"data.files=[{tmp_path}/a.txt]", f"data.max_bytes={budget}"), tmp_path / "b", 0)
+    assert report["steps"]["train"][0]["rows_in"] == 10
 
 
-def test_empty_file_stops_before_training(tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(EmptyDataError, match="train data from source 'local' is empty"):
-        prepare_data(data_cfg(f"data.files=[{tmp_path}/empty.txt]"), tmp_path / "out", 0)
-    assert not (tmp_path / "out" / "dataset").exists()
+def test_streaming_a_hub_style_dataset_takes_only_what_is_asked(tmp_path):
+    """`datasets` streams a dataset folder the way it streams a Hub repository (offline here)."""
+    repo = tmp_path / "someone-corpus"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "train.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in PARAGRAPHS))
+    cfg = load_config(["data=hub", f"data.hub_name={repo}", "data.streaming=true", "data.max_rows=25"]).data
+    report = prepare_data(cfg, tmp_path / "out", 0)
+    assert report["steps"]["train"][0]["rows_in"] == 25
+    assert sorted(all_texts(tmp_path / "out")) == sorted(PARAGRAPHS[:25])
+    sources = set(load_prepared(tmp_path / "out")["train"]["source"])
+    assert sources == {f"hub:{repo}:train"}
 
 
-def test_everything_filtered_names_the_steps(tmp_path):
-    (tmp_path / "short.txt").write_text("tiny\n\n   \n\nsmall")
-    with pytest.raises(EmptyDataError, match=r"length_filter 3 -> 0.*min_chars"):
-        prepare_data(data_cfg(f"data.files=[{tmp_path}/short.txt]"), tmp_path / "out", 0)
+def test_shards_and_manifest(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(PARAGRAPHS))
+    prepare_data(data_cfg(f"data.files=[{tmp_path}/a.txt]", "data.shard_rows=20"), tmp_path / "out", 0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["train-00000.parquet", "train-00001.parquet",
+                                                     "train-00002.parquet", "validation-00000.parquet"]
+    assert [s["rows"] for s in manifest["shards"]] == [20, 20, 17, 3]
+    assert manifest["splits"]["train"] == {"rows": 57, "bytes": sum(s["bytes"] for s in manifest["shards"][:3]),
+                                           "shards": 3}
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+    assert len(load_prepared(tmp_path / "out")["train"]) == 57
 
-
-def test_glob_matching_nothing(tmp_path):
-    with pytest.raises(DataSourceError, match=r"data.files: no file matches '.*nothing-\*.txt'"):
-        prepare_data(data_cfg(f"data.files=[{tmp_path}/nothing-*.txt]"), tmp_path / "out", 0)
-
-
-def test_missing_text_column_lists_columns(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"body": "some text here that is long enough"}\n' * 5)
-    with pytest.raises(DataSourceError, match=r"no column 'text' \(columns: \['body'\]\).*data.text_column"):
-        prepare_data(data_cfg(f"data.files=[{tmp_path}/d.jsonl]"), tmp_path / "out", 0)
-
-
-def test_malformed_jsonl_names_the_file(tmp_path):
-    (tmp_path / "bad.jsonl").write_text('{"text": "fine row with enough characters"}\n{"text": broken\n')
-    with pytest.raises(DataSourceError, match=r"Could not read .*bad.jsonl as json"):
-        prepare_data(data_cfg(f"data.files=[{tmp_path}/bad.jsonl]"), tmp_path / "out", 0)
+    shard = tmp_path / "out" / "shards" / "train-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated
+    with pytest.raises(ShardError, match=r"train-00001.parquet does not match its digest.*cache.refresh=data"):
+        load_prepared(tmp_path / "out")
 
 
 def test_unreachable_hub_names_dataset_and_local_alternative(tmp_path, monkeypatch):
@@ -123,7 +125,11 @@ def test_unreachable_hub_names_dataset_and_local_alternative(tmp_path, monkeypat
 
 
 def test_embedded_corpus_is_real_english_prose(tmp_path):
-    stats = prepare_data(load_config().data, tmp_path / "out", seed=0)
-    assert stats["splits"]["train"]["bytes"] > 300_000
+    report = prepare_data(load_config().data, tmp_path / "out", seed=0)
+    assert report["splits"]["train"]["bytes"] > 300_000
     text = " ".join(all_texts(tmp_path / "out")[:50])
     assert text.count(" the ") > 20
+    language = next(s for s in report["steps"]["train"] if s["step"] == "language")
+    assert next(iter(language["details"]["languages"])) == "en"  # the most frequent
+    for name in ("report.json", "report.md", "dropped_samples.jsonl", "lengths.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 100

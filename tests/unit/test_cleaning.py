@@ -1,12 +1,25 @@
-"""Cleaning functions on the edge cases real files contain."""
+"""Cleaning one split: each step's effect, its counts and the samples it reports."""
 
 from __future__ import annotations
 
 import pytest
 from datasets import Dataset
 
-from lm_tasks.config import CleaningConfig
-from lm_tasks.data.cleaning import clean_dataset, first_occurrences, normalize_text
+from lm_tasks.config import load_config
+from lm_tasks.data.cleaning import clean_split, decontaminate, normalize_text
+from lm_tasks.data.decontamination import NgramIndex
+from tests.text_samples import paragraphs
+
+def rows(texts: list[str]) -> Dataset:
+    return Dataset.from_dict({"text": texts, "source": ["test.txt"] * len(texts), "row": list(range(1, len(texts) + 1))})
+
+
+def cleaning(*overrides: str):
+    return load_config([f"data.cleaning.{o}" for o in overrides]).data.cleaning
+
+
+def by_step(reports) -> dict:
+    return {r.step: r for r in reports}
 
 
 @pytest.mark.parametrize("raw,clean", [
@@ -16,6 +29,7 @@ from lm_tasks.data.cleaning import clean_dataset, first_occurrences, normalize_t
     ("\ufeffstarts with a BOM", "starts with a BOM"),
     ("nul\x00 bytes\x07 and bell", "nul bytes and bell"),
     ("zero\u200bwidth and \u202ebidi\u202c", "zerowidth and bidi"),
+    ("family 👩\u200d👧 and ZWNJ \u200c stay", "family 👩\u200d👧 and ZWNJ \u200c stay"),
     ("bad bytes \ufffd\ufffd here", "bad bytes  here"),
     ("trailing spaces   \nnext", "trailing spaces\nnext"),
     ("a\n\n\n\n\nb", "a\n\nb"),
@@ -35,25 +49,69 @@ def test_unicode_forms():
     assert normalize_text(decomposed, "none") == decomposed
 
 
-def test_first_occurrences():
-    assert first_occurrences(["a", "b", "a", "c", "b"]) == [0, 1, 3]
+def test_each_step_counts_rows_bytes_and_reasons():
+    good = paragraphs(6)
+    texts = [good[0], good[0] + "  ", "short", "  ", good[1] + "\r\n", "x" * 300, good[2],
+             "Write to jane.doe@example.com or call +44 20 7946 0958 today, says the letter.", good[3]]
+    cleaned, reports = clean_split(rows(texts), cleaning("max_chars=200", "near_dedup.enabled=false"))
+    steps = by_step(reports)
+    assert list(steps) == ["normalize", "length", "pii", "quality", "language", "exact_dedup"]
+    assert list(cleaned["text"]) == [good[0], good[1], good[2],
+                                     "Write to <EMAIL> or call <PHONE> today, says the letter.", good[3]]
+    assert (steps["normalize"].rows_in, steps["normalize"].changed) == (9, 3)
+    assert steps["length"].dropped == {"too_short": 2, "too_long": 1}
+    assert steps["pii"].details["replaced"] == {"email": 1, "phone": 1, "ip": 0} and steps["pii"].changed == 1
+    assert steps["exact_dedup"].dropped == {"duplicate": 1}
+    assert steps["exact_dedup"].details["cluster_sizes"] == {"2": 1}
+    assert steps["length"].bytes_in - steps["length"].bytes_out == 300 + len("short")
+    # the samples say which row of which source was dropped, and why
+    assert {(s["reason"], s["row"]) for s in steps["length"].samples} == {("too_short", 3), ("too_short", 4),
+                                                                         ("too_long", 6)}
+    assert all(s["source"] == "test.txt" for s in steps["length"].samples)
+    assert cleaned.column_names == ["text", "source", "row", "n_bytes"]
+    assert list(cleaned["row"]) == [1, 5, 7, 8, 9]
 
 
-def test_clean_dataset_counts_rows_per_step():
-    rows = ["a real sentence here", "a real sentence here", "short", "  ", "another fine row\r\n", "x" * 50]
-    cfg = CleaningConfig(unicode_form="NFC", min_chars=10, max_chars=40, dedup=True)
-    cleaned, stats = clean_dataset(Dataset.from_dict({"text": rows}), cfg)
-    assert list(cleaned["text"]) == ["a real sentence here", "another fine row"]
-    assert stats == [
-        {"step": "normalize", "rows_in": 6, "rows_out": 6, "changed": 2},
-        {"step": "length_filter", "rows_in": 6, "rows_out": 3, "changed": 0},
-        {"step": "exact_dedup", "rows_in": 3, "rows_out": 2, "changed": 0},
-    ]
+def test_quality_rules_name_what_they_drop():
+    symbols = "Heading #one #two #three #four and #five #six with #seven tags #eight."
+    repeated = "\n".join(["the same line again and again"] * 6)
+    cleaned, reports = clean_split(rows([symbols, repeated, *paragraphs(3)]), cleaning("near_dedup.enabled=false"))
+    assert by_step(reports)["quality"].dropped == {"max_symbol_word_ratio": 1, "max_duplicate_line_fraction": 1}
+    assert len(cleaned) == 3
 
 
-def test_clean_dataset_with_two_processes_matches_one():
-    rows = [f"row number {i % 37} of the corpus" for i in range(400)]
-    cfg = CleaningConfig(unicode_form="NFC", min_chars=1, max_chars=1000, dedup=True)
-    one, _ = clean_dataset(Dataset.from_dict({"text": rows}), cfg, num_proc=1)
-    two, _ = clean_dataset(Dataset.from_dict({"text": rows}), cfg, num_proc=2)
-    assert list(one["text"]) == list(two["text"]) and len(one) == 37
+def test_language_filter_keeps_the_listed_languages_and_reports_the_mix():
+    english = "The old man went down to the harbor in the morning and he was not alone there."
+    german = "Ein Mann mit einer orangefarbenen Mütze, der etwas anstarrt, und ein Hund in der Nähe."
+    cleaned, reports = clean_split(rows([english, german]), cleaning("languages=[en]"))
+    language = by_step(reports)["language"]
+    assert list(cleaned["text"]) == [english]
+    assert language.dropped == {"language_de": 1}
+    assert language.details["languages"] == {"en": 1, "de": 1}
+
+
+def test_near_duplicates_go_and_the_sample_shows_what_they_duplicate():
+    originals = paragraphs(20, words=40)
+    copy = originals[4].split()
+    copy[10] = "lighthouse"  # one word in 40 changed
+    cleaned, reports = clean_split(rows(originals + [" ".join(copy)]), cleaning())
+    near = by_step(reports)["near_dedup"]
+    assert near.dropped == {"near_duplicate": 1} and near.details["cluster_sizes"] == {"2": 1}
+    assert near.samples[0]["row"] == 21 and near.samples[0]["duplicate_of"]["row"] == 5
+    assert list(cleaned["text"]) == originals
+
+
+def test_two_processes_clean_like_one():
+    texts = paragraphs(200) + paragraphs(50)  # the second batch repeats the first 50
+    one, _ = clean_split(rows(texts), cleaning(), num_proc=1)
+    two, _ = clean_split(rows(texts), cleaning(), num_proc=2)
+    assert list(one["text"]) == list(two["text"]) and len(one) == 200
+
+
+def test_decontamination_drops_rows_that_quote_an_evaluation_text():
+    evaluation = "a quick brown fox jumps over the lazy dog near the river bank at dawn today"
+    train = paragraphs(5) + [f"Once upon a time {evaluation} and then it slept."]
+    cleaned, _ = clean_split(rows(train), cleaning())
+    kept, report = decontaminate(cleaned, NgramIndex([evaluation], n=13), cleaning())
+    assert report.dropped == {"shares_eval_ngram": 1} and len(kept) == 5
+    assert report.samples[0]["row"] == 6

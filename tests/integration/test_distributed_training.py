@@ -43,10 +43,11 @@ def history(cfg, run_id: str, metric: str) -> dict[int, float]:
 
 
 def assert_same_trajectory(cfg, one: StageResult, two: StageResult) -> None:
-    """Validation loss at every check: equal up to float summation order (tolerance 1e-5)."""
+    """Validation loss at every check: equal up to float summation order (tolerance 5e-5 on
+    losses of about 5)."""
     expected, got = history(cfg, one.run_id, "val/loss"), history(cfg, two.run_id, "val/loss")
     assert sorted(got) == sorted(expected) == [2, 5, 8, 11]
-    assert max(abs(got[step] - expected[step]) for step in expected) < 1e-5
+    assert max(abs(got[step] - expected[step]) for step in expected) < 5e-5
     assert got[11] < got[2] - 0.2  # and it learned
 
 

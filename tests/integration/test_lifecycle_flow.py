@@ -70,7 +70,12 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
         return {Path(a.path).name for a in client.list_artifacts(run.info.run_id, path)}
 
     assert {"config.yaml", "summary.md"} <= artifacts(parent)
-    assert "stats.json" in artifacts(children["data"])
+    assert {"report.json", "report.md", "dropped_samples.jsonl", "lengths.png", "manifest.json"} <= \
+        artifacts(children["data"])
+    data_inputs = client.get_run(children["data"].info.run_id).inputs.dataset_inputs
+    manifest = json.loads(Path(smoke_cfg.paths.data_dir, "manifest.json").read_text())
+    assert [i.dataset.digest for i in data_inputs] == [manifest["digest"][:32]]
+    assert children["data"].data.metrics["data/train/length_dropped"] >= 0
     assert "tokenizer.json" in artifacts(children["tokenizer"])
     assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json"}
     assert {"lm", "report.json", "report.md"} <= artifacts(children["evaluate"])
@@ -82,6 +87,8 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert model.config.vocab_size == meta["vocab_size"]
     summary = Artifact.get("lifecycle-summary")
     assert summary is not None and all(f"| {stage} |" in summary.data for stage in STAGES)
+    data_report = Artifact.get("data-report")
+    assert data_report is not None and "| near_dedup |" in data_report.data
 
     samples = Path(smoke_cfg.paths.eval_dir, "lm", "samples.jsonl").read_text().splitlines()
     samples = [json.loads(line) for line in samples]

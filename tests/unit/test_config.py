@@ -36,9 +36,9 @@ def test_every_group_option_composes(group, option):
 
 
 def test_overrides_reach_typed_config():
-    cfg = load_config(["model.n_layer=2", "optim.lr=0.01", "trainer.max_steps=7", "data.cleaning.dedup=false"])
+    cfg = load_config(["model.n_layer=2", "optim.lr=0.01", "trainer.max_steps=7", "data.cleaning.exact_dedup=false"])
     assert (cfg.model.n_layer, cfg.optim.lr, cfg.trainer.max_steps) == (2, 0.01, 7)
-    assert cfg.data.cleaning.dedup is False
+    assert cfg.data.cleaning.exact_dedup is False
 
 
 @pytest.mark.parametrize("override,suggestion", [

@@ -2,10 +2,12 @@
 rules, language, exact duplicates and near duplicates; after the validation split is made,
 decontaminate the training rows against every evaluation text.
 
-Every step is a `Dataset.map` of a top-level batched function (so `num_proc` works and
-`datasets` can fingerprint it) followed, for filters, by dropping the rows it marked
-with a reason. Each step reports rows and bytes in and out, the rows it dropped per
-reason and a few of them (with their provenance) for the data report.
+The per-row steps (normalise, length, PII, quality, language) run as one `Dataset.map`
+pass; deduplication and decontamination look across rows and run after it. Every pass
+is a top-level batched function (so `num_proc` works and `datasets` can fingerprint
+it) that marks the rows to drop with a reason. Each step reports rows and bytes in and
+out, the rows it dropped per reason and a few of them (with their provenance) for the
+data report.
 
 Documented treatments (counted in the report, never silent):
 - invalid UTF-8 bytes were read as U+FFFD; normalisation removes them (`invalid_utf8_rows`);
@@ -29,11 +31,11 @@ import pyarrow.compute as pc
 from datasets import Dataset
 
 from lm_tasks.config import CleaningConfig
-from lm_tasks.data.decontamination import NgramIndex, contamination_batch
-from lm_tasks.data.language import language_batch
+from lm_tasks.data.decontamination import NgramIndex
+from lm_tasks.data.language import detect_language
 from lm_tasks.data.near_dedup import find_near_duplicates
 from lm_tasks.data.pii import scrub_pii
-from lm_tasks.data.quality import quality_batch
+from lm_tasks.data.quality import first_failed_rule
 
 # C0/C1 control characters except tab and newline, the zero-width space, direction
 # marks and bidi embedding/isolate controls, invisible operators, the BOM, and U+FFFD
@@ -87,37 +89,48 @@ def normalize_text(text: str, unicode_form: str = "NFC") -> str:
     return text.strip()
 
 
-def normalize_batch(batch: dict, unicode_form: str) -> dict:
-    cleaned = [normalize_text(t or "", unicode_form) for t in batch["text"]]
-    return {"text": cleaned, "n_bytes": [len(t.encode("utf-8")) for t in cleaned],
-            "_changed": [c != t for c, t in zip(cleaned, batch["text"])],
-            "_invalid": ["\ufffd" in (t or "") for t in batch["text"]]}
+# The per-row steps run in one pass (every extra `map` would copy the text column again);
+# a row dropped by a step skips the ones after it. The step that dropped a row and the
+# row's size after each step are recorded, so each step's counts come out exactly as if
+# the steps had run one after another.
+def clean_rows_batch(batch: dict, unicode_form: str, min_chars: int, max_chars: int, pii: list[str],
+                     thresholds: dict, languages: list[str] | None) -> dict:
+    out: dict[str, list] = {key: [] for key in ("text", "n_bytes", "_raw_bytes", "_norm_bytes", "_changed",
+                                                "_invalid", "_language", "_step", "_reason")}
+    for kind in pii:
+        out[f"_pii_{kind}"] = []
+    for raw in batch["text"]:
+        raw = raw or ""
+        text = normalize_text(raw, unicode_form)
+        out["_raw_bytes"].append(len(raw.encode("utf-8", errors="replace")))
+        out["_norm_bytes"].append(len(text.encode("utf-8")))
+        out["_changed"].append(text != raw)
+        out["_invalid"].append("\ufffd" in raw)
+        step, reason, language, found = "", "", "", {}
+        if len(text) < max(min_chars, 1) or len(text) > max_chars:
+            step, reason = "length", "too_short" if len(text) < max(min_chars, 1) else "too_long"
+        else:
+            if pii:
+                text, found = scrub_pii(text, tuple(pii))
+            rule = first_failed_rule(text, thresholds) if thresholds else None
+            if rule:
+                step, reason = "quality", rule
+            else:
+                language = detect_language(text)
+                if languages and language not in languages:
+                    step, reason = "language", f"language_{language}"
+        for kind in pii:
+            out[f"_pii_{kind}"].append(found.get(kind, 0))
+        out["text"].append(text)
+        out["n_bytes"].append(len(text.encode("utf-8")))
+        out["_language"].append(language)
+        out["_step"].append(step)
+        out["_reason"].append(reason)
+    return out
 
 
-def pii_batch(batch: dict, kinds: list[str]) -> dict:
-    texts, counts = [], {kind: [] for kind in kinds}
-    for text in batch["text"]:
-        scrubbed, found = scrub_pii(text, tuple(kinds))
-        texts.append(scrubbed)
-        for kind in kinds:
-            counts[kind].append(found.get(kind, 0))
-    return {"text": texts, "n_bytes": [len(t.encode("utf-8")) for t in texts],
-            **{f"_pii_{kind}": values for kind, values in counts.items()}}
-
-
-def length_batch(batch: dict, min_chars: int, max_chars: int) -> dict:
-    return {"_reason": ["too_short" if len(t) < max(min_chars, 1) else "too_long" if len(t) > max_chars else ""
-                        for t in batch["text"]]}
-
-
-def quality_reason_batch(batch: dict, thresholds: dict) -> dict:
-    return {"_reason": quality_batch(batch, thresholds)["_rule"]}
-
-
-def language_reason_batch(batch: dict, keep: list[str] | None) -> dict:
-    languages = language_batch(batch)["_language"]
-    reasons = ["" if keep is None or lang in keep else f"language_{lang}" for lang in languages]
-    return {"_language": languages, "_reason": reasons}
+def contamination_reason_batch(batch: dict, index: NgramIndex) -> dict:
+    return {"_reason": ["shares_eval_ngram" if index.contains_any(t) else "" for t in batch["text"]]}
 
 
 def hash_batch(batch: dict) -> dict:
@@ -131,73 +144,70 @@ def clean_split(ds: Dataset, cfg: CleaningConfig, num_proc: int = 1) -> tuple[Da
     """Every step before the validation split; returns the kept rows and the step reports
     (up to the step that left no row, if one did)."""
     procs = num_proc if num_proc > 1 else None
-    steps = [normalize, length_filter]  # length first: later steps need not scan rows that go anyway
-    steps += [scrub] if cfg.pii else []
-    steps += [quality_filter] if any(v is not None for v in asdict(cfg.quality).values()) else []
-    steps += [language_filter]
-    steps += [exact_dedup] if cfg.exact_dedup else []
-    steps += [near_dedup] if cfg.near_dedup.enabled else []
-    reports = []
-    for step in steps:
-        ds, report = step(ds, cfg, procs)
-        reports.append(report)
+    ds, reports = row_steps(ds, cfg, procs)
+    for step in ([exact_dedup] if cfg.exact_dedup else []) + ([near_dedup] if cfg.near_dedup.enabled else []):
         if not len(ds):
             break
+        ds, report = step(ds, cfg, procs)
+        reports.append(report)
     return ds, reports
 
 
-def normalize(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
-    rows, raw_bytes = len(ds), _raw_bytes(ds)
-    ds = ds.map(normalize_batch, batched=True, num_proc=procs, fn_kwargs={"unicode_form": cfg.unicode_form},
-                desc="normalise")
-    report = StepReport("normalize", rows, rows, raw_bytes, _bytes(ds), changed=_count(ds, "_changed"),
-                        details={"invalid_utf8_rows": _count(ds, "_invalid")})
-    return ds.remove_columns(["_changed", "_invalid"]), report
-
-
-def length_filter(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
-    return _filter(ds, "length", length_batch, {"min_chars": cfg.min_chars, "max_chars": cfg.max_chars},
-                   procs, cfg.dropped_samples)
-
-
-def scrub(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
-    rows, before = len(ds), _bytes(ds)
-    columns = [f"_pii_{kind}" for kind in cfg.pii]
-    ds = ds.map(pii_batch, batched=True, num_proc=procs, fn_kwargs={"kinds": list(cfg.pii)}, desc="scrub PII")
-    found = {kind: _sum(ds, f"_pii_{kind}") for kind in cfg.pii}
-    report = StepReport("pii", rows, rows, before, _bytes(ds), changed=_nonzero_rows(ds, columns),
-                        details={"replaced": found})
-    return ds.remove_columns(columns), report
-
-
-def quality_filter(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
+def row_steps(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, list[StepReport]]:
+    """Normalise, length, PII, quality rules, language: one pass, one report per step."""
     thresholds = {k: v for k, v in asdict(cfg.quality).items() if v is not None}
-    return _filter(ds, "quality", quality_reason_batch, {"thresholds": thresholds}, procs, cfg.dropped_samples)
+    kwargs = {"unicode_form": cfg.unicode_form, "min_chars": cfg.min_chars, "max_chars": cfg.max_chars,
+              "pii": list(cfg.pii), "thresholds": thresholds, "languages": cfg.languages}
+    ds = ds.map(clean_rows_batch, batched=True, num_proc=procs, fn_kwargs=kwargs, desc="clean rows")
+    table = ds.with_format("arrow")[:] if len(ds) else None
 
+    def column(name: str) -> np.ndarray:
+        return table[name].to_numpy(zero_copy_only=False) if table is not None else np.zeros(0)
 
-def language_filter(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
-    ds = ds.map(language_reason_batch, batched=True, num_proc=procs, fn_kwargs={"keep": cfg.languages},
-                desc="language")
-    languages = _value_counts(ds, "_language")  # the mix of every row that reached this step
-    ds, report = _drop_marked(ds.remove_columns("_language"), "language", cfg.dropped_samples, procs)
-    report.details = {"languages": languages, "keep": cfg.languages}
-    return ds, report
+    step, raw, norm, final = column("_step"), column("_raw_bytes"), column("_norm_bytes"), column("n_bytes")
+    every = np.ones(len(ds), dtype=bool)
+    passed = {"length": step != "length"}
+    passed["quality"] = passed["length"] & (step != "quality")
+    passed["language"] = passed["quality"] & (step != "language")
+
+    def report(name: str, rows_in: np.ndarray, rows_out: np.ndarray, bytes_in: np.ndarray, bytes_out: np.ndarray,
+               **extra) -> StepReport:
+        return StepReport(name, int(rows_in.sum()), int(rows_out.sum()), int(bytes_in[rows_in].sum()),
+                          int(bytes_out[rows_out].sum()), **extra)
+
+    reports = [report("normalize", every, every, raw, norm, changed=int(column("_changed").sum()),
+                      details={"invalid_utf8_rows": int(column("_invalid").sum())}),
+               report("length", every, passed["length"], norm, norm)]
+    if cfg.pii:
+        found = {kind: column(f"_pii_{kind}") for kind in cfg.pii}
+        changed = sum(found.values()) > 0
+        reports.append(report("pii", passed["length"], passed["length"], norm, final,
+                              changed=int((changed & passed["length"]).sum()),
+                              details={"replaced": {kind: int(n.sum()) for kind, n in found.items()}}))
+    if thresholds:
+        reports.append(report("quality", passed["length"], passed["quality"], final, final))
+    # the language mix of every row that reached the language check
+    languages = _value_counts(pc.filter(table["_language"], passed["quality"])) if table is not None else {}
+    reports.append(report("language", passed["quality"], passed["language"], final, final,
+                          details={"languages": languages, "keep": cfg.languages}))
+    for r in reports:  # what each step dropped, by reason, with a few samples
+        if table is not None:
+            mine = pc.if_else(pc.equal(table["_step"], r.step), table["_reason"], "")
+            r.dropped, r.samples = _by_reason(ds, mine, cfg.dropped_samples)
+    helpers = [c for c in ds.column_names if c.startswith("_") and c != "_reason"]
+    ds, _ = _drop_marked(ds.remove_columns(helpers), "row steps", 0, procs)
+    return ds, [r for r in reports if r.rows_in or r.step == "normalize"]
 
 
 def decontaminate(ds: Dataset, index: NgramIndex, cfg: CleaningConfig, num_proc: int = 1,
                   ) -> tuple[Dataset, StepReport]:
     """Drop rows sharing an n-gram with the evaluation texts in `index`."""
     procs = num_proc if num_proc > 1 else None
-    ds = ds.map(contamination_batch, batched=True, num_proc=procs, fn_kwargs={"index": index},
+    ds = ds.map(contamination_reason_batch, batched=True, num_proc=procs, fn_kwargs={"index": index},
                 desc="decontaminate")
-    ds = ds.map(_contaminated_reason, batched=True, input_columns="_contaminated", remove_columns="_contaminated")
     ds, report = _drop_marked(ds, "decontamination", cfg.dropped_samples, procs)
     report.details = {"eval_ngrams": len(index), "ngram": cfg.decontamination.ngram}
     return ds, report
-
-
-def _contaminated_reason(flags: list[bool]) -> dict:
-    return {"_reason": ["shares_eval_ngram" if flag else "" for flag in flags]}
 
 
 def exact_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
@@ -243,65 +253,37 @@ def near_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dat
 # --- helpers -------------------------------------------------------------------------
 
 
-def _filter(ds: Dataset, step: str, fn, kwargs: dict, procs: int | None,
-            samples: int) -> tuple[Dataset, StepReport]:
-    ds = ds.map(fn, batched=True, num_proc=procs, fn_kwargs=kwargs, desc=step)
-    return _drop_marked(ds, step, samples, procs)
-
-
 def _drop_marked(ds: Dataset, step: str, samples: int, procs: int | None,
                  describe=None) -> tuple[Dataset, StepReport]:
-    """Drop the rows whose `_reason` is not empty; report them by reason with a few
-    samples (`describe(index)` adds to a sample)."""
+    """Drop the rows whose `_reason` is not empty; report them by reason with a few samples."""
     rows, before = len(ds), _bytes(ds)
-    dropped, examples = {}, []
-    if rows:
-        reasons = ds.with_format("arrow")["_reason"]
-        dropped = {item["values"]: item["counts"] for item in pc.value_counts(reasons).to_pylist() if item["values"]}
-        for reason in sorted(dropped):
-            for i in pc.indices_nonzero(pc.equal(reasons, reason))[:samples].to_pylist():
-                row = ds[i]
-                examples.append({"reason": reason, "source": row["source"], "row": row["row"],
-                                 "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
+    dropped, examples = _by_reason(ds, ds.with_format("arrow")["_reason"], samples, describe) if rows else ({}, [])
     kept = ds.filter(_is_kept, batched=True, input_columns="_reason", num_proc=procs, desc=f"{step} filter")
     kept = kept.remove_columns("_reason")
     return kept, StepReport(step, rows, len(kept), before, _bytes(kept), dropped=dropped, samples=examples)
+
+
+def _by_reason(ds: Dataset, reasons, samples: int, describe=None) -> tuple[dict[str, int], list[dict]]:
+    """Rows per non-empty reason (`reasons`: an Arrow array aligned with ds) and the first
+    `samples` of each with their provenance (`describe(index)` adds to a sample)."""
+    dropped = {item["values"]: item["counts"] for item in pc.value_counts(reasons).to_pylist() if item["values"]}
+    examples = []
+    for reason in sorted(dropped):
+        for i in pc.indices_nonzero(pc.equal(reasons, reason))[:samples].to_pylist():
+            row = ds[i]
+            examples.append({"reason": reason, "source": row["source"], "row": row["row"],
+                             "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
+    return dropped, examples
 
 
 def _is_kept(reasons: list[str]) -> list[bool]:
     return [not r for r in reasons]
 
 
-def _raw_bytes(ds: Dataset) -> int:
-    if not len(ds):
-        return 0
-    return int(pc.sum(pc.binary_length(pc.cast(ds.with_format("arrow")["text"], "binary"))).as_py() or 0)
-
-
 def _bytes(ds: Dataset) -> int:
-    return _sum(ds, "n_bytes")
+    return int(pc.sum(ds.with_format("arrow")["n_bytes"]).as_py() or 0) if len(ds) else 0
 
 
-def _sum(ds: Dataset, column: str) -> int:
-    return int(pc.sum(ds.with_format("arrow")[column]).as_py() or 0) if len(ds) else 0
-
-
-def _count(ds: Dataset, column: str) -> int:
-    return int(pc.sum(pc.cast(ds.with_format("arrow")[column], "int64")).as_py() or 0) if len(ds) else 0
-
-
-def _nonzero_rows(ds: Dataset, columns: list[str]) -> int:
-    if not len(ds):
-        return 0
-    table = ds.with_format("arrow")[:]
-    total = np.zeros(len(ds), dtype=np.int64)
-    for column in columns:
-        total += table[column].to_numpy()
-    return int((total > 0).sum())
-
-
-def _value_counts(ds: Dataset, column: str) -> dict[str, int]:
-    if not len(ds):
-        return {}
-    counts = pc.value_counts(ds.with_format("arrow")[column]).to_pylist()
+def _value_counts(values) -> dict[str, int]:
+    counts = pc.value_counts(values).to_pylist()
     return {item["values"]: item["counts"] for item in sorted(counts, key=lambda c: -c["counts"])}

@@ -68,8 +68,9 @@ class NearDedupConfig:
     threshold: float
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"data.cleaning.near_dedup.threshold must be in (0, 1], got {self.threshold}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"data.cleaning.near_dedup.threshold must be in (0, 1), got {self.threshold} "
+                              "(exact duplicates are data.cleaning.exact_dedup)")
         if self.num_perm < 2 or self.shingle_size < 1:
             raise ConfigError("data.cleaning.near_dedup needs num_perm >= 2 and shingle_size >= 1, "
                               f"got {self.num_perm} and {self.shingle_size}")

@@ -70,7 +70,8 @@ def data_key(cfg: LifecycleConfig) -> str:
     config = {"data": data, "seed": cfg.seed}
     decontamination = cfg.data.cleaning.decontamination
     if decontamination.enabled and decontamination.tasks and cfg.finetune:  # their evaluation sets are inputs
-        config["tasks"] = {task: asdict(cfg.finetune[task].data) for task in cfg.finetune}
+        config["tasks"] = {name: {"task": cfg.finetune[name].task, "data": asdict(cfg.finetune[name].data)}
+                           for name in cfg.finetune}
         inputs.update({task: _task_files(cfg, task).get("files", "") for task in cfg.finetune})
     return stage_key("data", config, ["data", "artifacts.py", "tasks/data.py", "tasks/embedded.py"], inputs)
 
@@ -143,7 +144,7 @@ def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageRes
                                 f"{prefix}_dropped": step["rows_in"] - step["rows_out"]})
         for name in (*FILES, "manifest.json"):
             mlflow.log_artifact(str(out / name))
-        tracking.log_dataset(report["digest"], cfg.data, out)
+        tracking.log_dataset(report["digest"], cfg.data, Path(cfg.paths.data_dir))  # where it will be
         return report["digest"], metrics
 
     return _run_stage(cfg, "data", data_key(cfg), {}, compute, parent_run_id)

@@ -199,7 +199,7 @@ def log_dataset(digest: str, data: DataConfig, data_dir: Path) -> None:
     if data.source == "hub":
         origin = HuggingFaceDatasetSource(path=data.hub_name, config_name=data.hub_config, revision=data.hub_revision)
     else:
-        origin = LocalArtifactDatasetSource(str(Path(data_dir).resolve() / "shards"))
+        origin = LocalArtifactDatasetSource(str(Path(data_dir).absolute() / "shards"))
     schema = Schema([ColSpec("string", "text"), ColSpec("string", "source"), ColSpec("long", "row"),
                      ColSpec("long", "n_bytes")])
     dataset = MetaDataset(origin, name=f"{data.name}-cleaned", digest=digest[:32], schema=schema)

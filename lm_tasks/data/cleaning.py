@@ -20,15 +20,16 @@ Documented treatments (counted in the report, never silent):
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset
+import xxhash
+from datasets import Dataset, Features, Value
 
 from lm_tasks.config import CleaningConfig
 from lm_tasks.data.decontamination import NgramIndex
@@ -50,6 +51,7 @@ _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 SAMPLE_CHARS = 300  # characters of a dropped row kept in the report
+_LOW_64 = (1 << 64) - 1
 
 
 @dataclass
@@ -129,12 +131,32 @@ def clean_rows_batch(batch: dict, unicode_form: str, min_chars: int, max_chars: 
     return out
 
 
-def contamination_reason_batch(batch: dict, index: NgramIndex) -> dict:
-    return {"_reason": ["shares_eval_ngram" if index.contains_any(t) else "" for t in batch["text"]]}
+def text_hash(text: str) -> int:
+    """128-bit hash of a text: collisions stay negligible at billions of rows."""
+    return xxhash.xxh3_128_intdigest(text.encode("utf-8"))
 
 
 def hash_batch(batch: dict) -> dict:
-    return {"_hash": [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in batch["text"]]}
+    hashes = [text_hash(t) for t in batch["text"]]
+    return {"_h0": np.array([h >> 64 for h in hashes], dtype=np.uint64),
+            "_h1": np.array([h & _LOW_64 for h in hashes], dtype=np.uint64)}
+
+
+def eval_text_hashes(texts) -> np.ndarray:
+    """Sorted 64-bit hashes of evaluation texts, for `contamination_reason_batch`."""
+    return np.unique(np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64))
+
+
+def contamination_reason_batch(batch: dict, index: NgramIndex, eval_hashes: np.ndarray) -> dict:
+    reasons = []
+    for text in batch["text"]:
+        h = np.uint64(xxhash.xxh3_64_intdigest(text.encode("utf-8")))
+        found = np.searchsorted(eval_hashes, h) if len(eval_hashes) else 0
+        if found < len(eval_hashes) and eval_hashes[found] == h:
+            reasons.append("equals_eval_text")
+        else:
+            reasons.append("shares_eval_ngram" if index.contains_any(text) else "")
+    return {"_reason": reasons}
 
 
 # --- the steps -----------------------------------------------------------------------
@@ -194,33 +216,34 @@ def row_steps(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Data
         if table is not None:
             mine = pc.if_else(pc.equal(table["_step"], r.step), table["_reason"], "")
             r.dropped, r.samples = _by_reason(ds, mine, cfg.dropped_samples)
-    helpers = [c for c in ds.column_names if c.startswith("_") and c != "_reason"]
-    ds, _ = _drop_marked(ds.remove_columns(helpers), "row steps", 0, procs)
-    return ds, [r for r in reports if r.rows_in or r.step == "normalize"]
+    kept = ds.select(np.flatnonzero(passed["language"])) if len(ds) else ds
+    kept = kept.remove_columns([c for c in ds.column_names if c.startswith("_")])
+    return kept, [r for r in reports if r.rows_in or r.step == "normalize"]
 
 
-def decontaminate(ds: Dataset, index: NgramIndex, cfg: CleaningConfig, num_proc: int = 1,
-                  ) -> tuple[Dataset, StepReport]:
-    """Drop rows sharing an n-gram with the evaluation texts in `index`."""
+def decontaminate(ds: Dataset, index: NgramIndex, eval_hashes: np.ndarray, cfg: CleaningConfig,
+                  num_proc: int = 1) -> tuple[Dataset, StepReport]:
+    """Drop rows sharing an n-gram with the evaluation texts in `index`, or equal to one
+    (`eval_hashes`: from `eval_text_hashes`; this catches texts too short for n-grams)."""
     procs = num_proc if num_proc > 1 else None
-    ds = ds.map(contamination_reason_batch, batched=True, num_proc=procs, fn_kwargs={"index": index},
-                desc="decontaminate")
-    ds, report = _drop_marked(ds, "decontamination", cfg.dropped_samples, procs)
+    reasons = _reasons(ds, contamination_reason_batch, {"index": index, "eval_hashes": eval_hashes}, procs,
+                       "decontaminate")
+    ds, report = _drop(ds, "decontamination", reasons, cfg.dropped_samples)
     report.details = {"eval_ngrams": len(index), "ngram": cfg.decontamination.ngram}
     return ds, report
 
 
 def exact_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
-    """Keep the first row of every distinct normalised text."""
-    hashes = ds.map(hash_batch, batched=True, num_proc=procs, desc="hash")["_hash"] if len(ds) else []
-    seen: dict[str, int] = {}
-    reasons = []
-    for h in hashes:
-        reasons.append("" if h not in seen else "duplicate")
-        seen[h] = seen.get(h, 0) + 1
-    sizes = Counter(n for n in seen.values() if n > 1)
-    ds = ds.add_column("_reason", reasons)
-    ds, report = _drop_marked(ds, "exact_dedup", cfg.dropped_samples, procs)
+    """Keep the first row of every distinct normalised text (128-bit hashes, 16 bytes a row
+    in memory; the text stays on disk)."""
+    hashes = ds.map(hash_batch, batched=True, num_proc=procs, remove_columns=ds.column_names, desc="hash",
+                    features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")})).with_format("numpy")
+    pairs = np.stack([hashes["_h0"], hashes["_h1"]], axis=1)
+    _, first, counts = np.unique(pairs, axis=0, return_index=True, return_counts=True)
+    duplicate = np.ones(len(ds), dtype=bool)
+    duplicate[first] = False
+    ds, report = _drop(ds, "exact_dedup", pa.array(np.where(duplicate, "duplicate", "")), cfg.dropped_samples)
+    sizes = Counter(int(n) for n in counts if n > 1)
     report.details = {"cluster_sizes": {str(k): v for k, v in sorted(sizes.items())}}
     return ds, report
 
@@ -230,36 +253,38 @@ def near_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dat
     n = cfg.near_dedup
     result = find_near_duplicates(ds, num_perm=n.num_perm, shingle_size=n.shingle_size, threshold=n.threshold,
                                   num_proc=procs)
-    reasons = [""] * len(ds)
-    kept_of = {}
-    for cluster in result.clusters:
-        for member in cluster[1:]:
-            reasons[member] = "near_duplicate"
-            kept_of[member] = cluster[0]
-    marked = ds.add_column("_reason", reasons)
+    kept_of = {member: cluster[0] for cluster in result.clusters for member in cluster[1:]}
+    duplicate = np.zeros(len(ds), dtype=bool)
+    duplicate[list(kept_of)] = True
 
     def duplicate_of(i: int) -> dict:  # the kept row a dropped one duplicates
-        kept = marked[kept_of[i]]
+        kept = ds[kept_of[i]]
         return {"duplicate_of": {"source": kept["source"], "row": kept["row"], "text": kept["text"][:SAMPLE_CHARS]}}
 
-    ds, report = _drop_marked(marked, "near_dedup", cfg.dropped_samples, procs, describe=duplicate_of)
+    kept, report = _drop(ds, "near_dedup", pa.array(np.where(duplicate, "near_duplicate", "")),
+                         cfg.dropped_samples, describe=duplicate_of)
     sizes = Counter(len(c) for c in result.clusters)
     report.details = {"cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
                       "candidate_pairs": result.candidate_pairs, "verified_pairs": result.verified_pairs,
                       "num_perm": n.num_perm, "shingle_size": n.shingle_size, "threshold": n.threshold}
-    return ds, report
+    return kept, report
 
 
 # --- helpers -------------------------------------------------------------------------
 
 
-def _drop_marked(ds: Dataset, step: str, samples: int, procs: int | None,
-                 describe=None) -> tuple[Dataset, StepReport]:
-    """Drop the rows whose `_reason` is not empty; report them by reason with a few samples."""
+def _reasons(ds: Dataset, fn, kwargs: dict, procs: int | None, desc: str):
+    """`fn`'s `_reason` per row, computed without copying the other columns."""
+    marked = ds.map(fn, batched=True, num_proc=procs, fn_kwargs=kwargs, remove_columns=ds.column_names, desc=desc)
+    return marked.with_format("arrow")["_reason"]
+
+
+def _drop(ds: Dataset, step: str, reasons, samples: int, describe=None) -> tuple[Dataset, StepReport]:
+    """Keep the rows whose reason is empty (an index selection: nothing is copied); report
+    the others by reason with a few samples."""
     rows, before = len(ds), _bytes(ds)
-    dropped, examples = _by_reason(ds, ds.with_format("arrow")["_reason"], samples, describe) if rows else ({}, [])
-    kept = ds.filter(_is_kept, batched=True, input_columns="_reason", num_proc=procs, desc=f"{step} filter")
-    kept = kept.remove_columns("_reason")
+    dropped, examples = _by_reason(ds, reasons, samples, describe) if rows else ({}, [])
+    kept = ds.select(pc.indices_nonzero(pc.equal(reasons, "")).to_numpy().astype(np.int64)) if rows else ds
     return kept, StepReport(step, rows, len(kept), before, _bytes(kept), dropped=dropped, samples=examples)
 
 
@@ -274,10 +299,6 @@ def _by_reason(ds: Dataset, reasons, samples: int, describe=None) -> tuple[dict[
             examples.append({"reason": reason, "source": row["source"], "row": row["row"],
                              "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
     return dropped, examples
-
-
-def _is_kept(reasons: list[str]) -> list[bool]:
-    return [not r for r in reasons]
 
 
 def _bytes(ds: Dataset) -> int:

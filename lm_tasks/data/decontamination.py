@@ -25,7 +25,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import xxhash
-from datasets import Dataset
 
 from lm_tasks.data.near_dedup import normalized_words
 
@@ -96,21 +95,3 @@ def _restore_index(grams: np.ndarray, n: int, min_words: int, short_lengths: tup
     index = NgramIndex.__new__(NgramIndex)
     index.grams, index.n, index.min_words, index.short_lengths = grams, n, min_words, short_lengths
     return index
-
-
-def contamination_batch(batch: dict, index: NgramIndex) -> dict:
-    """Batched `Dataset.map` function: `{"_contaminated": [bool per text]}` (pass `fn_kwargs={"index": index}`)."""
-    return {"_contaminated": [index.contains_any(t) for t in batch["text"]]}
-
-
-def _clean(flags: list[bool]) -> list[bool]:
-    return [not flag for flag in flags]
-
-
-def drop_contaminated(ds: Dataset, index: NgramIndex, num_proc: int | None = None) -> Dataset:
-    """`ds` without the rows whose `text` contains a gram of `index`."""
-    procs = num_proc if num_proc and num_proc > 1 else None
-    flagged = ds.map(contamination_batch, batched=True, fn_kwargs={"index": index}, num_proc=procs,
-                     desc="contamination")
-    kept = flagged.filter(_clean, batched=True, input_columns="_contaminated", num_proc=procs)
-    return kept.remove_columns("_contaminated")

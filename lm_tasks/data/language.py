@@ -133,8 +133,3 @@ def detect_language(text: str) -> str:
     ):
         return UNKNOWN
     return best
-
-
-def language_batch(batch: dict) -> dict:
-    """For `Dataset.map(batched=True)`: the language code of every row."""
-    return {"_language": [detect_language(text or "") for text in batch["text"]]}

@@ -287,9 +287,3 @@ def _result(roots: np.ndarray, candidates: int, verified: int) -> NearDedupResul
     starts = np.flatnonzero(np.r_[True, cluster_roots[1:] != cluster_roots[:-1]])
     clusters = [c.tolist() for c in np.split(members, starts[1:])] if len(members) else []
     return NearDedupResult(keep=keep.tolist(), clusters=clusters, candidate_pairs=candidates, verified_pairs=verified)
-
-
-def drop_near_duplicates(ds: Dataset, **kwargs) -> tuple[Dataset, NearDedupResult]:
-    """`ds` with only the kept row of every near-duplicate cluster (kwargs: `find_near_duplicates`'s)."""
-    result = find_near_duplicates(ds, **kwargs)
-    return ds.select(result.keep), result

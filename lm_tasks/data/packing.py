@@ -79,10 +79,12 @@ def docs_path(bin_path: str | Path) -> Path:
 def trace_token(tokens_dir: str | Path, split: str, position: int, dataset: Dataset) -> dict:
     """The document that the token at `position` of `<split>.bin` belongs to: its index in
     the cleaned split, offset inside the document in tokens, source and row."""
-    starts = np.load(docs_path(Path(tokens_dir) / f"{split}.bin"), mmap_mode="r")
+    packed = Path(tokens_dir) / f"{split}.bin"
+    starts = np.load(docs_path(packed), mmap_mode="r")
+    n_tokens = packed.stat().st_size // np.dtype(read_meta(tokens_dir)["dtype"]).itemsize
+    if not 0 <= position < n_tokens:
+        raise IndexError(f"token position {position} is outside {packed} ({n_tokens} tokens)")
     index = int(np.searchsorted(starts, position, side="right")) - 1
-    if index < 0 or position < 0:
-        raise IndexError(f"token position {position} is outside {split}.bin")
     row = dataset[index]
     return {"document": index, "token_offset": position - int(starts[index]), "source": row["source"],
             "row": row["row"], "text": row["text"]}

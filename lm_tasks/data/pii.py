@@ -124,14 +124,3 @@ def scrub_pii(text: str, kinds: Iterable[str] = KINDS) -> tuple[str, dict[str, i
     if "phone" in kinds:
         text, counts["phone"] = _replace(_PHONE, text, PLACEHOLDERS["phone"], _is_phone)
     return text, counts
-
-
-def pii_batch(batch: dict, kinds: Iterable[str] = KINDS) -> dict:
-    """For `Dataset.map(batched=True)`: the scrubbed texts and the replacements per row."""
-    kinds = tuple(kinds)
-    texts, totals = [], []
-    for text in batch["text"]:
-        scrubbed, counts = scrub_pii(text or "", kinds)
-        texts.append(scrubbed)
-        totals.append(sum(counts.values()))
-    return {"text": texts, "_pii": totals}

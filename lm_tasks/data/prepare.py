@@ -5,6 +5,8 @@ Output folder (`paths.data_dir`):
     shards/, manifest.json   the cleaned splits (lm_tasks/data/shards.py)
     report.json, report.md, dropped_samples.jsonl, lengths.png   (lm_tasks/data/report.py)
 
+The manifest is written last: a folder without one (an interrupted run) is not data.
+
 Every split must keep at least one row: an empty source, or cleaning that removes
 everything, is an error saying which split and which steps, never an empty split.
 """
@@ -20,10 +22,11 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.cleaning import StepReport, clean_split, decontaminate
+from lm_tasks.data.cleaning import StepReport, clean_split, decontaminate, eval_text_hashes
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.report import build_report, write_report
-from lm_tasks.data.shards import load_shards, write_shards
+from lm_tasks.artifacts import write_json
+from lm_tasks.data.shards import MANIFEST, load_shards, shard_manifest
 from lm_tasks.data.sources import EmptyDataError, load_raw
 
 log = logging.getLogger(__name__)
@@ -37,12 +40,13 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
     training rows are decontaminated against (the fine-tuning tasks' evaluation splits).
     """
     out_dir = Path(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # written last: its presence means the output is whole
     scratch = out_dir / ".scratch"  # Arrow files of the intermediate steps; removed at the end
     try:
         raw = load_raw(cfg, scratch)
         cleaned, steps, lengths = {}, {}, {}
         for split, ds in raw.items():
-            _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg)}")
+            _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg, split)}")
             lengths[split] = {"read": _text_bytes(ds)}
             cleaned[split], steps[split] = clean_split(ds, cfg.cleaning, cfg.num_proc)
             _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
@@ -54,9 +58,10 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
             _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
         for split, ds in cleaned.items():
             lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
-        manifest = write_shards(DatasetDict(cleaned), out_dir, cfg.shard_rows)
+        manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)
         report = build_report(cfg.name, steps, manifest)
         write_report(report, steps, lengths, out_dir)
+        write_json(out_dir / MANIFEST, manifest, sort_keys=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("data: %s", {k: v["rows"] for k, v in manifest["splits"].items()})
@@ -70,10 +75,17 @@ def load_prepared(data_dir: str | Path) -> DatasetDict:
 
 def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]],
                    cfg: DataConfig) -> tuple[Dataset, StepReport]:
-    sets = {"validation": list(cleaned["validation"]["text"]), **eval_texts}
-    index = NgramIndex((text for texts in sets.values() for text in texts), n=cfg.cleaning.decontamination.ngram)
-    train, report = decontaminate(cleaned["train"], index, cfg.cleaning, cfg.num_proc)
-    report.details["eval_sets"] = {name: len(texts) for name, texts in sets.items()}
+    validation = cleaned["validation"]
+
+    def texts():  # the validation split in batches, then the tasks' evaluation texts
+        for batch in validation.select_columns("text").iter(batch_size=1000):
+            yield from batch["text"]
+        for task_texts in eval_texts.values():
+            yield from task_texts
+
+    index = NgramIndex(texts(), n=cfg.cleaning.decontamination.ngram)
+    train, report = decontaminate(cleaned["train"], index, eval_text_hashes(texts()), cfg.cleaning, cfg.num_proc)
+    report.details["eval_sets"] = {"validation": len(validation), **{k: len(v) for k, v in eval_texts.items()}}
     return train, report
 
 
@@ -91,8 +103,8 @@ def _split_off_validation(train: Dataset, val_ratio: float, seed: int) -> dict:
     return {"train": parts["train"], "validation": parts["test"]}
 
 
-def _where(cfg: DataConfig) -> str:
-    files = cfg.files if cfg.source == "local" else []
+def _where(cfg: DataConfig, split: str) -> str:
+    files = (cfg.validation_files if split == "validation" else cfg.files) if cfg.source == "local" else []
     return f": {', '.join(files)}" if files else ""
 
 

@@ -245,9 +245,3 @@ def _first_failed_rule(text: str, thresholds: Mapping[str, float | None]) -> str
         if (value < limit) if is_minimum else (value > limit):
             return rule
     return None
-
-
-def quality_batch(batch: dict, thresholds: Mapping[str, float | None]) -> dict:
-    """For `Dataset.map(batched=True)`: the first failed rule per row, "" when it passes."""
-    _check_rule_names(thresholds)  # once per batch, not per row
-    return {"_rule": [_first_failed_rule(text or "", thresholds) or "" for text in batch["text"]]}

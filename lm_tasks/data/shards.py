@@ -4,8 +4,9 @@
     manifest.json                     per shard: split, name, rows, bytes (UTF-8 text),
                                       sha256; per split: rows, bytes; the dataset digest
 
-The folder is written aside and renamed into place, so a reader sees every shard or
-none. `load_shards` checks each shard's rows and digest against the manifest before
+The shards folder is written aside and renamed into place, and the manifest is written
+after it (by the data stage, last of all), so a reader sees every shard or no data.
+`load_shards` checks each shard's rows and digest against the manifest before
 handing the splits on: a truncated or swapped shard is an error naming it.
 """
 
@@ -14,9 +15,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, concatenate_datasets
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
 
-from lm_tasks.artifacts import atomic_path, file_digest, read_json, write_json
+from lm_tasks.artifacts import atomic_path, file_digest, read_json
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -26,8 +28,9 @@ class ShardError(RuntimeError):
     """The cleaned data on disk does not match its manifest."""
 
 
-def write_shards(dataset: DatasetDict, out_dir: str | Path, shard_rows: int) -> dict:
-    """Write every split as parquet shards of at most `shard_rows` rows; return the manifest."""
+def shard_manifest(dataset: DatasetDict, out_dir: str | Path, shard_rows: int) -> dict:
+    """Write every split as parquet shards of at most `shard_rows` rows; return the manifest
+    (the caller writes it, last, once everything else is in place)."""
     out_dir = Path(out_dir)
     shards = []
     with atomic_path(out_dir / SHARDS, is_dir=True) as tmp:
@@ -38,15 +41,14 @@ def write_shards(dataset: DatasetDict, out_dir: str | Path, shard_rows: int) -> 
                 part = ds.select(range(i * shard_rows, min((i + 1) * shard_rows, len(ds))))
                 name = f"{split}-{i:05d}.parquet"
                 part.to_parquet(str(tmp / name))
-                shards.append({"split": split, "name": name, "rows": len(part),
-                               "bytes": int(sum(part["n_bytes"])), "sha256": file_digest(tmp / name)})
+                n_bytes = pc.sum(part.with_format("arrow")["n_bytes"]).as_py() if len(part) else 0
+                shards.append({"split": split, "name": name, "rows": len(part), "bytes": int(n_bytes or 0),
+                               "sha256": file_digest(tmp / name)})
     splits = {split: {"rows": sum(s["rows"] for s in shards if s["split"] == split),
                       "bytes": sum(s["bytes"] for s in shards if s["split"] == split),
                       "shards": sum(s["split"] == split for s in shards)} for split in dataset}
     digest = hashlib.sha256("".join(f"{s['name']}:{s['sha256']}" for s in shards).encode()).hexdigest()
-    manifest = {"format": "parquet", "shards": shards, "splits": splits, "digest": digest}
-    write_json(out_dir / MANIFEST, manifest, sort_keys=False)
-    return manifest
+    return {"format": "parquet", "shards": shards, "splits": splits, "digest": digest}
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -59,20 +61,23 @@ def read_manifest(data_dir: str | Path) -> dict:
     return read_json(path)
 
 
-def load_shards(data_dir: str | Path, verify: bool = True) -> DatasetDict:
-    """The cleaned splits, each shard checked against the manifest."""
+def load_shards(data_dir: str | Path) -> DatasetDict:
+    """The cleaned splits, each shard checked against the manifest (the Arrow copies that
+    `datasets` reads from go to its own cache, never into data_dir)."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    splits: dict[str, list[Dataset]] = {}
+    files: dict[str, list[str]] = {}
     for shard in manifest["shards"]:
         path = data_dir / SHARDS / shard["name"]
         if not path.is_file():
             raise ShardError(f"Shard {path} listed in {data_dir / MANIFEST} is missing; re-run the data stage")
-        if verify and file_digest(path) != shard["sha256"]:
+        if file_digest(path) != shard["sha256"]:
             raise ShardError(f"Shard {path} does not match its digest in {data_dir / MANIFEST} "
                              "(changed or truncated); re-run the data stage (cache.refresh=data)")
-        part = Dataset.from_parquet(str(path), cache_dir=str(data_dir / ".cache"))
-        if len(part) != shard["rows"]:
-            raise ShardError(f"Shard {path} has {len(part)} rows, its manifest says {shard['rows']}")
-        splits.setdefault(shard["split"], []).append(part)
-    return DatasetDict({split: concatenate_datasets(parts) for split, parts in splits.items()})
+        files.setdefault(shard["split"], []).append(str(path))
+    splits = {split: Dataset.from_parquet(paths) for split, paths in files.items()}
+    for split, ds in splits.items():
+        if len(ds) != manifest["splits"][split]["rows"]:
+            raise ShardError(f"The {split} shards in {data_dir} hold {len(ds)} rows, "
+                             f"the manifest says {manifest['splits'][split]['rows']}")
+    return DatasetDict(splits)

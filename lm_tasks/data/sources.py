@@ -14,7 +14,8 @@ unless `txt_sample_by=document`), so errors can name the file and line:
   removes them and counts the rows); a leading BOM is dropped; CRLF, CR and LF all
   end a line.
 - jsonl: a line that is not valid JSON, or a record without the text field, is an
-  error naming the file and line. Empty lines are skipped.
+  error naming the file and line. Empty lines are skipped. A .json file holding one
+  JSON array is read whole; its rows are numbered by record (1-based).
 - csv, parquet: a missing text column is an error naming the file and its columns.
 `max_rows` / `max_bytes` stop reading early; with `streaming=true` a Hub dataset is
 streamed, so only what is taken is downloaded.
@@ -191,8 +192,8 @@ def _read_json(path: str, column: str) -> Iterator[dict]:
                 records = json.load(f)
             except json.JSONDecodeError as err:
                 raise DataSourceError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            for i, record in enumerate(records):
-                yield {"text": _field(record, column, path, f"record {i}"), "source": path, "row": i}
+            for number, record in enumerate(records, start=1):
+                yield {"text": _field(record, column, path, f"record {number}"), "source": path, "row": number}
             return
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -221,8 +222,10 @@ def _read_csv(path: str, column: str) -> Iterator[dict]:
         if column not in (reader.fieldnames or []):
             raise DataSourceError(f"{path} has no column '{column}' (columns: {reader.fieldnames}); "
                                   "set data.text_column to the column that holds the text")
+        first_line = reader.line_num + 1  # a quoted field may span lines: keep where the record starts
         for record in reader:
-            yield {"text": record[column] or "", "source": path, "row": reader.line_num}
+            yield {"text": record[column] or "", "source": path, "row": first_line}
+            first_line = reader.line_num + 1
 
 
 def _read_parquet(path: str, column: str) -> Iterator[dict]:

@@ -71,6 +71,24 @@ def test_csv_and_parquet(tmp_path, suffix):
     assert sum(s["rows"] for s in report["splits"].values()) == len(PARAGRAPHS)
 
 
+def test_csv_rows_spanning_lines_keep_their_first_line(tmp_path):
+    import pandas as pd
+
+    texts = [PARAGRAPHS[0], PARAGRAPHS[1].replace(" ", "\n", 2), PARAGRAPHS[2]]  # the second spans 3 lines
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "data.csv", index=False)
+    prepare_data(data_cfg(f"data.files=[{tmp_path}/data.csv]"), tmp_path / "out", 0)
+    rows = {r["text"]: r["row"] for split in load_prepared(tmp_path / "out").values() for r in split}
+    assert [rows[t] for t in texts] == [2, 3, 6]  # line 1 is the header
+
+
+def test_an_empty_validation_file_is_named(tmp_path):
+    (tmp_path / "train.txt").write_text("\n\n".join(PARAGRAPHS))
+    (tmp_path / "val.txt").write_text("\n")
+    cfg = data_cfg(f"data.files=[{tmp_path}/train.txt]", f"data.validation_files=[{tmp_path}/val.txt]")
+    with pytest.raises(DataSourceError, match=r"validation data from source 'local' is empty: .*val.txt$"):
+        prepare_data(cfg, tmp_path / "out", 0)
+
+
 def test_max_rows_and_max_bytes_stop_reading_early(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(PARAGRAPHS))
     report = prepare_data(data_cfg(f"data.files=[{tmp_path}/a.txt]", "data.max_rows=20"), tmp_path / "rows", 0)

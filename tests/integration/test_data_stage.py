@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tokenizers import Tokenizer
 
 from lm_tasks.config import load_config
@@ -58,3 +59,5 @@ def test_a_packed_token_traces_back_to_its_file_and_line(tmp_path):
         assert tokenizer.decode(packed[start:end].tolist()) == found["text"]  # the document around the token
         assert found["source"] == str(tmp_path / "corpus.txt")
         assert corpus[(found["row"] - 1) // 2] == found["text"]  # paragraph k starts on line 2k + 1
+    with pytest.raises(IndexError, match="outside"):
+        trace_token(tokens.output_dir, "train", len(packed), train)

@@ -75,7 +75,9 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     data_inputs = client.get_run(children["data"].info.run_id).inputs.dataset_inputs
     manifest = json.loads(Path(smoke_cfg.paths.data_dir, "manifest.json").read_text())
     assert [i.dataset.digest for i in data_inputs] == [manifest["digest"][:32]]
-    assert children["data"].data.metrics["data/train/length_dropped"] >= 0
+    report = json.loads(Path(smoke_cfg.paths.data_dir, "report.json").read_text())
+    length = next(step for step in report["steps"]["train"] if step["step"] == "length")
+    assert children["data"].data.metrics["data/train/length_dropped"] == length["rows_in"] - length["rows_out"] > 0
     assert "tokenizer.json" in artifacts(children["tokenizer"])
     assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json"}
     assert {"lm", "report.json", "report.md"} <= artifacts(children["evaluate"])

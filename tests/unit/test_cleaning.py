@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 
 from lm_tasks.config import load_config
-from lm_tasks.data.cleaning import clean_split, decontaminate, normalize_text
+from lm_tasks.data.cleaning import clean_split, decontaminate, eval_text_hashes, normalize_text
 from lm_tasks.data.decontamination import NgramIndex
 from tests.text_samples import paragraphs
 
@@ -103,15 +103,19 @@ def test_near_duplicates_go_and_the_sample_shows_what_they_duplicate():
 
 def test_two_processes_clean_like_one():
     texts = paragraphs(200) + paragraphs(50)  # the second batch repeats the first 50
-    one, _ = clean_split(rows(texts), cleaning(), num_proc=1)
-    two, _ = clean_split(rows(texts), cleaning(), num_proc=2)
+    one, one_reports = clean_split(rows(texts), cleaning(), num_proc=1)
+    two, two_reports = clean_split(rows(texts), cleaning(), num_proc=2)
     assert list(one["text"]) == list(two["text"]) and len(one) == 200
+    assert [r.to_dict() for r in one_reports] == [r.to_dict() for r in two_reports]
+    assert one_reports[-2].dropped == {"duplicate": 50}
 
 
-def test_decontamination_drops_rows_that_quote_an_evaluation_text():
-    evaluation = "a quick brown fox jumps over the lazy dog near the river bank at dawn today"
-    train = paragraphs(5) + [f"Once upon a time {evaluation} and then it slept."]
+def test_decontamination_drops_rows_that_quote_or_equal_an_evaluation_text():
+    evaluation = ["a quick brown fox jumps over the lazy dog near the river bank at dawn today",
+                  "Too short for n-grams."]
+    train = paragraphs(5) + [f"Once upon a time {evaluation[0]} and then it slept.", evaluation[1]]
     cleaned, _ = clean_split(rows(train), cleaning())
-    kept, report = decontaminate(cleaned, NgramIndex([evaluation], n=13), cleaning())
-    assert report.dropped == {"shares_eval_ngram": 1} and len(kept) == 5
-    assert report.samples[0]["row"] == 6
+    kept, report = decontaminate(cleaned, NgramIndex(evaluation, n=13), eval_text_hashes(evaluation), cleaning())
+    assert report.dropped == {"shares_eval_ngram": 1, "equals_eval_text": 1} and len(kept) == 5
+    assert sorted(s["row"] for s in report.samples) == [6, 7]
+    assert list(kept["text"]) == list(cleaned["text"])[:5]

@@ -80,3 +80,19 @@ def test_wrong_type_is_a_config_error():
 def test_local_source_requires_files():
     with pytest.raises(ConfigError, match="data=local needs files"):
         load_config(["data=local"])
+
+
+def test_cleaning_values_are_checked():
+    with pytest.raises(ConfigError, match=r"near_dedup.threshold must be in \(0, 1\).*exact_dedup"):
+        load_config(["data.cleaning.near_dedup.threshold=1.0"])
+    with pytest.raises(ConfigError, match="data.cleaning.pii='mail' is not one of email, phone, ip. Did you mean 'email'"):
+        load_config(["data.cleaning.pii=[mail]"])
+    with pytest.raises(ConfigError, match="data.cleaning.languages='eng'.*Did you mean 'en'"):
+        load_config(["data.cleaning.languages=[eng]"])
+
+
+def test_gopher_preset_matches_the_published_thresholds():
+    from lm_tasks.data.quality import GOPHER_THRESHOLDS
+
+    quality = load_config(["data/cleaning=gopher"]).data.cleaning.quality
+    assert {k: v for k, v in vars(quality).items()} == {k: GOPHER_THRESHOLDS[k] for k in vars(quality)}

@@ -9,7 +9,8 @@ import pytest
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from lm_tasks.data.decontamination import NgramIndex, contamination_batch, drop_contaminated
+from lm_tasks.data.cleaning import contamination_reason_batch, eval_text_hashes
+from lm_tasks.data.decontamination import NgramIndex
 
 RNG = random.Random(0)
 VOCABULARY = [f"v{i}" for i in range(5000)]
@@ -70,11 +71,10 @@ def test_n_is_configurable():
 
 
 def test_dataset_map_with_the_index_in_fn_kwargs(index):
-    train = Dataset.from_dict({"text": [around(EVAL[:13]), around([]), around(SHORT_EVAL), None, "short"]})
-    flagged = train.map(contamination_batch, batched=True, fn_kwargs={"index": index})
-    assert list(flagged["_contaminated"]) == [True, False, True, False, False]
-    kept = drop_contaminated(train, index)
-    assert list(kept["text"]) == [train[1]["text"], None, "short"] and kept.column_names == ["text"]
+    train = Dataset.from_dict({"text": [around(EVAL[:13]), around([]), around(SHORT_EVAL), "short"]})
+    flagged = train.map(contamination_reason_batch, batched=True,
+                        fn_kwargs={"index": index, "eval_hashes": eval_text_hashes([])})
+    assert list(flagged["_reason"]) == ["shares_eval_ngram", "", "shares_eval_ngram", ""]
 
 
 def test_the_index_pickles_and_fingerprints_by_content(index):

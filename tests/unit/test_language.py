@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_tasks.data.language import LANGUAGES, detect_language, language_batch
+from lm_tasks.data.language import LANGUAGES, detect_language
 
 SENTENCES = {
     "en": [
@@ -92,8 +92,3 @@ def test_a_paragraph_of_english_prose():
 ])
 def test_unknown_when_too_short_or_nothing_clearly_wins(text):
     assert detect_language(text) == "unknown"
-
-
-def test_language_batch():
-    batch = {"text": [SENTENCES["de"][0], "1234 5678 !!!", None, SENTENCES["fr"][0]]}
-    assert language_batch(batch) == {"_language": ["de", "unknown", "unknown", "fr"]}

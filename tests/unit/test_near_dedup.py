@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from lm_tasks.data import near_dedup
 from lm_tasks.data.near_dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE_SIZE, DEFAULT_THRESHOLD, NearDedupResult
-from lm_tasks.data.near_dedup import drop_near_duplicates, find_near_duplicates, lsh_bands, minhash_batch, shingles
+from lm_tasks.data.near_dedup import find_near_duplicates, lsh_bands, minhash_batch, shingles
 
 VOCABULARY = [f"w{i}" for i in range(3000)]
 
@@ -145,15 +145,6 @@ def test_deterministic_for_a_seed_and_any_num_proc():
     assert run(texts, seed=3) == first
     assert run(texts, seed=3, num_proc=2) == first
     assert run(texts, seed=4).clusters == first.clusters  # another seed: other hashes, same duplicates here
-
-
-def test_drop_near_duplicates_selects_the_kept_rows():
-    rng = random.Random(7)
-    x = document(rng)
-    ds = Dataset.from_dict({"text": [x, near_copy(x, rng), "something else entirely"], "id": [10, 11, 12]})
-    kept, result = drop_near_duplicates(ds)
-    assert list(kept["id"]) == [10, 12] and result.clusters == [[0, 1]]
-    assert list(ds.column_names) == ["text", "id"]
 
 
 def test_defaults_are_exposed():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_tasks.data.pii import PLACEHOLDERS, pii_batch, scrub_pii
+from lm_tasks.data.pii import PLACEHOLDERS, scrub_pii
 
 
 def test_placeholders():
@@ -125,11 +125,3 @@ def test_only_the_kinds_asked_for_are_scrubbed():
     assert scrub_pii(text, ()) == (text, {})
     with pytest.raises(ValueError, match=r"'address'.*email, phone, ip"):
         scrub_pii(text, ("address",))
-
-
-def test_pii_batch():
-    batch = {"text": ["Mail bob@example.org or call 202-555-0143.", "Nothing here in 1998.", None]}
-    assert pii_batch(batch, ("email", "phone", "ip")) == {
-        "text": ["Mail <EMAIL> or call <PHONE>.", "Nothing here in 1998.", ""],
-        "_pii": [2, 0, 0],
-    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_tasks.data.quality import GOPHER_THRESHOLDS, RULES, first_failed_rule, quality_batch, quality_signals
+from lm_tasks.data.quality import GOPHER_THRESHOLDS, RULES, first_failed_rule, quality_signals
 
 PROSE = (
     "The river rises in the hills above the old mill town and runs south through farmland "
@@ -137,11 +137,3 @@ def test_thresholds_left_out_or_none_are_not_checked():
 def test_unknown_rule_names_are_rejected_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"'max_wrods'.*min_words, max_words"):
         first_failed_rule(PROSE, {"max_wrods": 10})
-    with pytest.raises(ValueError, match="max_wrods"):
-        quality_batch({"text": [PROSE]}, {"max_wrods": 10})
-
-
-def test_quality_batch_names_the_failed_rule_or_gives_an_empty_string():
-    batch = {"text": [PROSE, CRAFTED["min_words"], None, CRAFTED["max_top_2gram_fraction"]]}
-    assert quality_batch(batch, GOPHER_THRESHOLDS) == {
-        "_rule": ["", "min_words", "min_words", "max_top_2gram_fraction"]}

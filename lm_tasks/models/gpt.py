@@ -21,6 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+ACTIVATIONS = ("gelu", "gelu_tanh")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int
@@ -31,6 +34,8 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     pos_encoding: str = "learned"  # learned | sinusoidal
+    # gelu (exact erf form) | gelu_tanh (GPT-2's tanh approximation, needed to run GPT-2 weights exactly)
+    activation: str = "gelu"
     eos_id: int | None = None
     pad_id: int | None = None
 
@@ -109,9 +114,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(F.gelu(self.fc(x)))
+        x = self.proj(F.gelu(self.fc(x), approximate=self.approximate))
         return self.dropout(x) if self.training else x
 
 
@@ -145,6 +151,8 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.pos_encoding not in ("learned", "sinusoidal"):
             raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', got {cfg.pos_encoding!r}")
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got {cfg.activation!r}")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_encoding == "learned":

@@ -199,12 +199,14 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
     tokens = tokens or find(cfg, "tokenizer")
 
     def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.models.hf import export_hf
         from lm_tasks.training.launch import run_training
 
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
                                mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
+        mlflow.log_artifacts(str(export_hf(summary["model_dir"], out / "hf")), "hf")
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
@@ -217,12 +219,14 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     model_dir, model_digest = pretrained_model(cfg, pretrained)
 
     def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.models.hf import export_hf
         from lm_tasks.training.launch import run_training
 
         summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
                                cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
+        mlflow.log_artifacts(str(export_hf(out / "model", out / "hf")), "hf")  # the fine-tuned backbone
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
         return file_digest(out / "model" / "head.safetensors"), metrics
 
@@ -232,13 +236,15 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
 
 
 def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None) -> tuple[Path, str]:
-    """The exported model to fine-tune: `init_from` (a folder or an MLflow run id), else this
-    lifecycle's pretraining output."""
+    """The exported model to fine-tune: `init_from` (one of our model folders, a Hugging Face
+    GPT-2 checkpoint folder or Hub id, or an MLflow run id), else this lifecycle's pretraining."""
     source = cfg.init_from
     if source is None:
         pretrained = pretrained or find(cfg, "pretrain")
         return Path(pretrained.output_dir) / "model", pretrained.digest
-    if Path(source).is_dir():
+    if _is_hf_checkpoint(source):
+        model_dir = _converted_gpt2(cfg, source)
+    elif Path(source).is_dir():
         model_dir = Path(source)
     else:
         tracking.configure(cfg.tracking)
@@ -246,10 +252,30 @@ def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None
             model_dir = Path(mlflow.artifacts.download_artifacts(run_id=source, artifact_path="model"))
         except Exception as err:
             raise FileNotFoundError(
-                f"init_from={source!r} is neither a model folder nor an MLflow run with a 'model' "
-                f"artifact in {cfg.tracking.tracking_uri}: {err}"
+                f"init_from={source!r} is neither a model folder, a Hugging Face GPT-2 checkpoint (folder or "
+                f"hf:<hub id>) nor an MLflow run with a 'model' artifact in {cfg.tracking.tracking_uri}: {err}"
             ) from err
     return model_dir, file_digest(model_dir / "model.safetensors")
+
+
+def _is_hf_checkpoint(source: str) -> bool:
+    """`hf:<hub id>`, or a folder whose config.json names a Hugging Face model type."""
+    if source.startswith("hf:"):
+        return True
+    config = Path(source) / "config.json"
+    return config.is_file() and "model_type" in json.loads(config.read_text())
+
+
+def _converted_gpt2(cfg: LifecycleConfig, source: str) -> Path:
+    """GPT-2 weights and tokenizer in our format, converted once per source."""
+    from lm_tasks.models.hf import load_gpt2
+
+    origin = source.removeprefix("hf:")
+    where = Path(origin).resolve() if Path(origin).is_dir() else origin
+    out = Path(cfg.paths.output_dir) / "init_from" / stage_key("init_from", {"source": str(where)}, [], {})[:16]
+    if not (out / "model.safetensors").is_file():
+        load_gpt2(origin, out)
+    return out
 
 
 def run_evaluate(cfg: LifecycleConfig, tokens: StageResult | None = None, pretrained: StageResult | None = None,

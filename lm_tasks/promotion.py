@@ -44,8 +44,12 @@ def promote(cfg: PromotionConfig, metrics: dict, model_run_id: str, model_digest
         pass
     version = _version_with_digest(client, cfg.model_name, model_digest)
     if version is None:
-        source = f"{client.get_run(model_run_id).info.artifact_uri}/model"
+        # The pyfunc model the stage logged (loadable with mlflow.pyfunc.load_model), else the
+        # plain exported folder.
+        run = client.get_run(model_run_id)
+        source = run.data.tags.get("pyfunc.model_uri", f"{run.info.artifact_uri}/model")
         version = client.create_model_version(cfg.model_name, source, run_id=model_run_id,
+                                              model_id=run.data.tags.get("pyfunc.model_id"),
                                               tags={"model_digest": model_digest, cfg.metric: str(candidate)})
     try:
         champion = client.get_model_version_by_alias(cfg.model_name, cfg.alias)

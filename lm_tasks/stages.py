@@ -207,6 +207,7 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
                                mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
         mlflow.log_artifacts(str(export_hf(summary["model_dir"], out / "hf")), "hf")
+        _log_pyfunc(summary["model_dir"])
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
@@ -227,12 +228,23 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
         mlflow.log_artifacts(str(export_hf(out / "model", out / "hf")), "hf")  # the fine-tuned backbone
+        if task == "classification":  # the task models lm_tasks.serving can serve
+            _log_pyfunc(out / "model")
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
         return file_digest(out / "model" / "head.safetensors"), metrics
 
     tags = {"task": task, "input.model_digest": model_digest}
     return _run_stage(cfg, f"finetune:{task}", finetune_key(cfg, task, model_digest), tags, compute,
                       parent_run_id)
+
+
+def _log_pyfunc(model_dir: str | Path) -> None:
+    """The model as an MLflow pyfunc of the active run (prompts in, generations out; or texts
+    in, labels and scores out); the promotion step registers it from the run's tag."""
+    from lm_tasks.serving import log_model
+
+    info = log_model(model_dir, name="pyfunc")
+    mlflow.set_tags({"pyfunc.model_uri": info.model_uri, "pyfunc.model_id": info.model_id})
 
 
 def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None) -> tuple[Path, str]:

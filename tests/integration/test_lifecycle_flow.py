@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -101,6 +104,15 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert parent.data.metrics["promotion/candidate"] == evaluation["eval/lm/bpb"]
     champion = client.get_model_version_by_alias("lm-lifecycle-lm", "champion")
     assert champion.run_id == pretrain.info.run_id
+
+    # The champion is a pyfunc model: a fresh process loads it from the registry and generates.
+    code = ("import json, mlflow; m = mlflow.pyfunc.load_model('models:/lm-lifecycle-lm@champion'); "
+            "print(json.dumps(m.predict(['def main'], params={'max_new_tokens': 4}).to_dict('records')))")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": smoke_cfg.tracking.tracking_uri}
+    served = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert served.returncode == 0, served.stderr[-2000:]
+    [row] = json.loads(served.stdout.strip().splitlines()[-1])
+    assert row["prompt"] == "def main" and isinstance(row["generation"], str)
 
 
 def test_unchanged_lifecycle_reruns_entirely_from_the_cache(prefect_harness, smoke_overrides, smoke_cfg):

@@ -185,23 +185,48 @@ class TokenizerConfig:
         return list(dict.fromkeys(tokens))  # de-duplicated, order kept
 
 
+MODEL_FAMILIES = ("gpt", "rnn", "lstm", "gru", "ngram")
+
+
 @dataclass
 class ModelConfig:
+    """The model family and its shape. Each family reads its own keys (lm_tasks/models/io.py);
+    the others are ignored, so one debug or experiment file can shrink any family."""
+
     name: str
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    dropout: float
-    bias: bool
-    pos_encoding: str
+    family: str
+    block_size: int  # training context; held-out text is scored in blocks of this length
+    n_layer: Optional[int] = None
+    n_embd: Optional[int] = None
+    dropout: float = 0.0
+    # gpt
+    n_head: Optional[int] = None
+    bias: bool = False
+    pos_encoding: str = "learned"
+    # rnn | lstm | gru (null: n_embd, and the output head is tied to the embedding)
+    hidden_size: Optional[int] = None
+    # ngram
+    order: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
+        _check_choice("model.family", self.family, MODEL_FAMILIES)
+        needed = {"gpt": ("n_layer", "n_head", "n_embd"), "ngram": ("order",)}.get(self.family, ("n_layer", "n_embd"))
+        missing = [f"model.{key}" for key in needed if getattr(self, key) is None]
+        if missing:
+            raise ConfigError(f"model.family={self.family} needs {', '.join(missing)}")
+        if self.family == "gpt":
+            _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
+            if self.n_embd % self.n_head:
+                raise ConfigError(
+                    f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+                )
+        if self.family == "ngram" and self.order < 1:
+            raise ConfigError(f"model.order must be >= 1, got {self.order}")
+
+    @property
+    def trainable(self) -> bool:
+        """Trained by gradient descent (and so fine-tunable), or fitted by counting (ngram)."""
+        return self.family != "ngram"
 
 
 @dataclass
@@ -405,6 +430,13 @@ class LifecycleConfig:
     runner: RunnerConfig
     # The resolved YAML, saved with every run (not part of the schema).
     resolved_yaml: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.finetune and not self.model.trainable and self.init_from is None:
+            raise ConfigError(
+                f"model.family={self.model.family} has no hidden states to fine-tune "
+                f"(finetune={','.join(self.finetune)}); use model=gpt, rnn, lstm or gru, or finetune=none"
+            )
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -18,18 +18,18 @@ from tqdm.auto import tqdm
 
 from lm_tasks.config import EvalConfig
 from lm_tasks.data.packing import PackedBlocks, read_meta
-from lm_tasks.models.gpt import GPT
+from lm_tasks.models.base import CausalLM
 from lm_tasks.tokenizer import load_tokenizer
 
 
 @torch.no_grad()
-def heldout_loss(model: GPT, tokens_dir: str | Path, batch_size: int, max_batches: int | None = None) -> float:
+def heldout_loss(model: CausalLM, tokens_dir: str | Path, batch_size: int, max_batches: int | None = None) -> float:
     """Mean next-token cross-entropy (nats) over the validation blocks."""
     meta = read_meta(tokens_dir)
     blocks = PackedBlocks(Path(tokens_dir) / "validation.bin", model.config.block_size, meta["dtype"])
     loader = DataLoader(blocks, batch_size=batch_size, shuffle=False)
     total = max_batches if max_batches is not None else len(loader)
-    device = next(model.parameters()).device
+    device = model.device
     model.eval()
     loss_sum, count = 0.0, 0
     for i, (x, y) in enumerate(tqdm(loader, total=min(total, len(loader)), desc="evaluate", leave=False)):
@@ -60,9 +60,9 @@ def lm_metrics(loss: float, tokens_dir: str | Path) -> dict:
     }
 
 
-def sample_generations(model: GPT, tokenizer_path: str | Path, cfg: EvalConfig, seed: int) -> list[dict]:
+def sample_generations(model: CausalLM, tokenizer_path: str | Path, cfg: EvalConfig, seed: int) -> list[dict]:
     tokenizer = load_tokenizer(tokenizer_path)
-    device = next(model.parameters()).device
+    device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)
     samples = []
     for prompt in cfg.prompts:
@@ -74,7 +74,7 @@ def sample_generations(model: GPT, tokenizer_path: str | Path, cfg: EvalConfig, 
     return samples
 
 
-def evaluate_lm(model: GPT, tokens_dir: str | Path, tokenizer_path: str | Path, cfg: EvalConfig,
+def evaluate_lm(model: CausalLM, tokens_dir: str | Path, tokenizer_path: str | Path, cfg: EvalConfig,
                 seed: int) -> tuple[dict, list[dict]]:
     """Metrics (with the unigram baseline) and sample generations."""
     metrics = lm_metrics(heldout_loss(model, tokens_dir, cfg.batch_size, cfg.max_batches), tokens_dir)

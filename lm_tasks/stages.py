@@ -199,14 +199,13 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
     tokens = tokens or find(cfg, "tokenizer")
 
     def compute(out: Path) -> tuple[str, dict]:
-        from lm_tasks.models.hf import export_hf
         from lm_tasks.training.launch import run_training
 
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
                                mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
-        mlflow.log_artifacts(str(export_hf(summary["model_dir"], out / "hf")), "hf")
+        _log_hf_export(summary["model_dir"], out / "hf")
         _log_pyfunc(summary["model_dir"])
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
@@ -220,14 +219,13 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     model_dir, model_digest = pretrained_model(cfg, pretrained)
 
     def compute(out: Path) -> tuple[str, dict]:
-        from lm_tasks.models.hf import export_hf
         from lm_tasks.training.launch import run_training
 
         summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
                                cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
         mlflow.log_artifacts(str(out / "model"), "model")
-        mlflow.log_artifacts(str(export_hf(out / "model", out / "hf")), "hf")  # the fine-tuned backbone
+        _log_hf_export(out / "model", out / "hf")  # the fine-tuned backbone
         if task == "classification":  # the task models lm_tasks.serving can serve
             _log_pyfunc(out / "model")
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
@@ -236,6 +234,14 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     tags = {"task": task, "input.model_digest": model_digest}
     return _run_stage(cfg, f"finetune:{task}", finetune_key(cfg, task, model_digest), tags, compute,
                       parent_run_id)
+
+
+def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
+    """The model in Hugging Face format (artifact `hf/`), where its family maps onto GPT-2."""
+    from lm_tasks.models.hf import export_hf, exports_to_hf
+
+    if exports_to_hf(model_dir):
+        mlflow.log_artifacts(str(export_hf(model_dir, out_dir)), "hf")
 
 
 def _log_pyfunc(model_dir: str | Path) -> None:

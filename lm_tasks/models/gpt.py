@@ -6,9 +6,9 @@ self-attention and an MLP -> final LayerNorm -> output head tied to the token
 embedding. Shapes: B batch, T time (tokens), C channels (n_embd), H heads,
 V vocabulary.
 
-Generation is one routine, `generate()`: sampling (temperature, top-k, top-p),
-greedy (temperature 0) or beam search (num_beams > 1), all through a key/value
-cache so each new token costs one position of attention, not a whole prefix.
+Generation is the one routine every family shares (`CausalLM.generate` in
+base.py); the GPT feeds it through a key/value cache, so each new token costs
+one position of attention, not a whole prefix.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lm_tasks.models.base import CausalLM
 
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
@@ -38,6 +40,7 @@ class GPTConfig:
     activation: str = "gelu"
     eos_id: int | None = None
     pad_id: int | None = None
+    family: str = "gpt"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,7 +149,7 @@ def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
     return pe
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.pos_encoding not in ("learned", "sinusoidal"):
@@ -177,6 +180,10 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.n_embd
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -212,89 +219,8 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices (linear and embedding weights); never biases or norm gains."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        decay = [p for p in params.values() if p.dim() >= 2]
-        no_decay = [p for p in params.values() if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    @torch.inference_mode()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                 generator: torch.Generator | None = None, num_beams: int = 1,
-                 use_cache: bool = True) -> torch.Tensor:
-        """Continue idx (B, T) by up to max_new_tokens; returns (B, T + new).
-
-        temperature 0 is greedy; num_beams > 1 is beam search (one prompt at a time).
-        Rows that produced eos_id are padded with it; decoding stops when all have.
-        """
-        if num_beams > 1:
-            if idx.size(0) != 1:
-                raise ValueError("Beam search decodes one prompt at a time (idx of shape (1, T))")
-            return self.beam_search(idx, max_new_tokens, num_beams, eos_id)
-        was_training = self.training
-        self.eval()
-        cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for step in range(max_new_tokens):
-            logits = self._next_logits(idx, cache, first=step == 0)  # (B, V)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-            if eos_id is not None:
-                next_id = torch.where(finished.unsqueeze(1), torch.full_like(next_id, eos_id), next_id)
-                finished |= next_id.squeeze(1) == eos_id
-            idx = torch.cat([idx, next_id], dim=1)
-            if eos_id is not None and bool(finished.all()):
-                break
-        self.train(was_training)
-        return idx
-
-    @torch.inference_mode()
-    def beam_search(self, idx: torch.Tensor, max_new_tokens: int, num_beams: int,
-                    eos_id: int | None = None, length_penalty: float = 1.0) -> torch.Tensor:
-        """The most probable continuation of idx (1, T) found with num_beams beams.
-
-        Hypotheses are ranked by total log-probability / (new tokens ** length_penalty).
-        """
-        was_training = self.training
-        self.eval()
-        cache = KVCache(self.config.n_layer, self.config.block_size)
-        beams, scores = idx, torch.zeros(1, device=idx.device)  # (n, T), (n,)
-        done: list[tuple[float, torch.Tensor]] = []
-
-        def ranked(score: float, length: int) -> float:
-            return score / (length ** length_penalty)
-
-        for step in range(max_new_tokens):
-            log_probs = F.log_softmax(self._next_logits(beams, cache, first=step == 0).float(), dim=-1)
-            candidates = (scores.unsqueeze(1) + log_probs).view(-1)  # (n * V,)
-            top_scores, top_ids = candidates.topk(min(2 * num_beams, candidates.numel()))
-            keep_rows, keep_tokens, keep_scores = [], [], []
-            for score, flat in zip(top_scores.tolist(), top_ids.tolist()):
-                row, token = divmod(flat, log_probs.size(-1))
-                if token == eos_id:
-                    done.append((ranked(score, step + 1), torch.cat([beams[row], beams.new_tensor([token])])))
-                else:
-                    keep_rows.append(row), keep_tokens.append(token), keep_scores.append(score)
-                if len(keep_rows) == num_beams:
-                    break
-            if not keep_rows:
-                break
-            rows = torch.tensor(keep_rows, device=idx.device)
-            cache.reorder(rows)
-            beams = torch.cat([beams[rows], torch.tensor(keep_tokens, device=idx.device).unsqueeze(1)], dim=1)
-            scores = torch.tensor(keep_scores, device=idx.device)
-            if len(done) >= num_beams:
-                break
-        new_tokens = beams.size(1) - idx.size(1)
-        if new_tokens or not done:  # the beams still open compete with the finished ones
-            done += [(ranked(s, max(new_tokens, 1)), b) for s, b in zip(scores.tolist(), beams)]
-        self.train(was_training)
-        return max(done, key=lambda pair: pair[0])[1].unsqueeze(0)
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer, self.config.block_size)
 
     def _next_logits(self, idx: torch.Tensor, cache: KVCache | None, first: bool) -> torch.Tensor:
         """Logits (B, V) for the token after idx, reusing the cache where it holds idx's prefix.
@@ -309,16 +235,3 @@ class GPT(nn.Module):
             return self(idx[:, -self.config.block_size:], cache=cache)[0][:, -1, :]
         return self(idx[:, -1:], cache=cache)[0][:, -1, :]
 
-
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Keep the top-k logits and the smallest set whose probability reaches top_p."""
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cumulative - F.softmax(sorted_logits, dim=-1) > top_p  # keep the token crossing top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits

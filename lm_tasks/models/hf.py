@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 
 from lm_tasks.artifacts import atomic_path
 from lm_tasks.models.gpt import GPT, GPTConfig, sinusoidal_encoding
-from lm_tasks.models.io import FILES, save_pretrained
+from lm_tasks.models.io import FILES, read_config, save_pretrained
 
 # GPT-2's `activation_function` -> ours. gelu_new and gelu_pytorch_tanh are the
 # same tanh approximation (one in Python, one fused in PyTorch).
@@ -183,13 +183,21 @@ def _write_gpt2_tokenizer(source: str | Path, hf_tokenizer: Any, path: Path) -> 
 
 # --- ours -> Hugging Face GPT-2 ---------------------------------------------------------------
 
+def exports_to_hf(model_dir: str | Path) -> bool:
+    """Whether the exported model maps onto GPT-2 (the GPT family does; others have no equivalent)."""
+    return read_config(model_dir).family == "gpt"
+
+
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write our exported model as a Hugging Face GPT-2 folder (config, weights, tokenizer)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     missing = [f for f in FILES if not (model_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{model_dir} is not an exported model: missing {', '.join(missing)}")
-    cfg = GPTConfig(**json.loads((model_dir / "config.json").read_text()))
+    cfg = read_config(model_dir)
+    if cfg.family != "gpt":
+        raise ValueError(f"{model_dir} is a {cfg.family} model; only the GPT maps onto a Hugging Face "
+                         "architecture (GPT-2)")
     if cfg.activation not in OUR_TO_HF_ACTIVATION:
         raise ValueError(f"{model_dir}: activation {cfg.activation!r} has no GPT-2 equivalent")
     weights = _hf_weights(cfg, load_file(str(model_dir / "model.safetensors")))

@@ -5,13 +5,12 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 
 from lm_tasks.config import TaskConfig
-from lm_tasks.models.gpt import GPTConfig
 from lm_tasks.tasks.classification import ClassificationAdapter
 from lm_tasks.tasks.qa import QAAdapter
 from lm_tasks.tasks.seq2seq import Seq2SeqAdapter
 
 
-def build_adapter(task_cfg: TaskConfig, info: dict, model_config: GPTConfig, tokenizer: Tokenizer,
+def build_adapter(task_cfg: TaskConfig, info: dict, model_config, tokenizer: Tokenizer,
                   sep_token: str, max_length: int):
     if task_cfg.task == "classification":
         return ClassificationAdapter(info["label_names"], task_cfg.pooling, max_length, model_config.pad_id)

@@ -18,7 +18,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
-from lm_tasks.models.gpt import GPT
+from lm_tasks.models.base import CausalLM
 from lm_tasks.tasks.batching import pad
 
 
@@ -47,9 +47,9 @@ class ClassificationAdapter:
     def __init__(self, label_names: list[str], pooling: str, max_length: int, pad_id: int):
         self.label_names, self.pooling, self.max_length, self.pad_id = label_names, pooling, max_length, pad_id
 
-    def build_head(self, model: GPT) -> nn.Module:
+    def build_head(self, model: CausalLM) -> nn.Module:
         # The head drops out at the backbone's rate (model.dropout of the pretrained model).
-        return ClassificationHead(model.config.n_embd, len(self.label_names), self.pooling, model.config.dropout)
+        return ClassificationHead(model.hidden_size, len(self.label_names), self.pooling, model.config.dropout)
 
     def encode(self, ds: Dataset, tokenizer: Tokenizer) -> tuple[Dataset, int]:
         """Token ids per row (truncated to max_length); returns the rows and how many were truncated."""
@@ -63,13 +63,13 @@ class ClassificationAdapter:
         idx = pad([r["input_ids"] for r in rows], self.pad_id)
         return {"idx": idx, "lengths": lengths, "labels": torch.tensor([r["label"] for r in rows])}
 
-    def logits(self, model: GPT, head: nn.Module, batch: dict) -> torch.Tensor:
+    def logits(self, model: CausalLM, head: nn.Module, batch: dict) -> torch.Tensor:
         return head(model.hidden_states(batch["idx"]), batch["lengths"])
 
-    def loss(self, model: GPT, head: nn.Module, batch: dict) -> torch.Tensor:
+    def loss(self, model: CausalLM, head: nn.Module, batch: dict) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, head, batch), batch["labels"])
 
-    def predict(self, model: GPT, head: nn.Module, batch: dict) -> list[dict]:
+    def predict(self, model: CausalLM, head: nn.Module, batch: dict) -> list[dict]:
         probs = F.softmax(self.logits(model, head, batch).float(), dim=-1)
         scores, ids = probs.max(dim=-1)
         return [{"label": self.label_names[i], "label_id": i, "score": s}

@@ -29,7 +29,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
-from lm_tasks.models.gpt import GPT
+from lm_tasks.models.base import CausalLM
 from lm_tasks.tasks.batching import pad
 
 
@@ -43,8 +43,8 @@ class QAAdapter:
         self.sep_id, self.pad_id = sep_id, pad_id
         self.skipped = {"answers_not_in_context": 0, "examples_without_valid_answer": 0}
 
-    def build_head(self, model: GPT) -> nn.Module:
-        return nn.Linear(model.config.n_embd, 2)
+    def build_head(self, model: CausalLM) -> nn.Module:
+        return nn.Linear(model.hidden_size, 2)
 
     # --- features -----------------------------------------------------------------
 
@@ -95,7 +95,7 @@ class QAAdapter:
 
     # --- model --------------------------------------------------------------------
 
-    def logits(self, model: GPT, head: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, model: CausalLM, head: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits (B, T); positions outside the context, except the separator, masked."""
         start, end = head(model.hidden_states(batch["idx"])).float().unbind(-1)
         positions = torch.arange(batch["idx"].size(1), device=batch["idx"].device)[None, :]
@@ -103,11 +103,11 @@ class QAAdapter:
         allowed = context | (positions == batch["context_start"][:, None] - 1)  # the separator: no answer
         return start.masked_fill(~allowed, -1e9), end.masked_fill(~allowed, -1e9)
 
-    def loss(self, model: GPT, head: nn.Module, batch: dict) -> torch.Tensor:
+    def loss(self, model: CausalLM, head: nn.Module, batch: dict) -> torch.Tensor:
         start, end = self.logits(model, head, batch)
         return (F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])) / 2
 
-    def predict(self, model: GPT, head: nn.Module, batch: dict) -> list[dict]:
+    def predict(self, model: CausalLM, head: nn.Module, batch: dict) -> list[dict]:
         """Per window: the n-best valid spans (score, char start, char end) and the no-answer score."""
         starts, ends = self.logits(model, head, batch)
         out = []

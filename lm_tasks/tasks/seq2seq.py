@@ -3,7 +3,7 @@
 Each example becomes one sequence `source <sep> target <eos>`; the model learns to
 continue after the separator, and the loss covers the target tokens (and the final
 end-of-text) only. Predictions come from the model's one generation routine,
-`GPT.generate` (KV cache; greedy, or beam search with `num_beams > 1`).
+`CausalLM.generate` (greedy, or beam search with `num_beams > 1`).
 
 Length rule: the target keeps at most half of `max_length`; the source is cut from
 its end to fit the rest. Truncated rows are counted and reported.
@@ -19,7 +19,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 
 from lm_tasks.metrics import load_metric
-from lm_tasks.models.gpt import GPT
+from lm_tasks.models.base import CausalLM
 from lm_tasks.tasks.batching import pad
 
 IGNORE = -100
@@ -33,7 +33,7 @@ class Seq2SeqAdapter:
         self.sep_id, self.eos_id, self.pad_id = sep_id, eos_id, pad_id
         self.num_beams, self.max_new_tokens, self.tokenizer = num_beams, max_new_tokens, tokenizer
 
-    def build_head(self, model: GPT) -> nn.Module:
+    def build_head(self, model: CausalLM) -> nn.Module:
         return nn.Identity()  # the language-model head is the task head
 
     def encode(self, ds: Dataset, tokenizer: Tokenizer) -> tuple[Dataset, int]:
@@ -58,10 +58,10 @@ class Seq2SeqAdapter:
         return {"idx": idx, "labels": labels, "prompts": [r["prompt_ids"] for r in rows],
                 "references": [r["reference"] for r in rows]}
 
-    def loss(self, model: GPT, head: nn.Module, batch: dict) -> torch.Tensor:
+    def loss(self, model: CausalLM, head: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["idx"], batch["labels"])[1]
 
-    def predict(self, model: GPT, head: nn.Module, batch: dict) -> list[dict]:
+    def predict(self, model: CausalLM, head: nn.Module, batch: dict) -> list[dict]:
         device = batch["idx"].device
         outputs = []
         for prompt in batch["prompts"]:

@@ -88,6 +88,9 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     out_dir, pretrained_dir = Path(out_dir), Path(pretrained_dir)
     L.seed_everything(cfg.seed, workers=True)
     model = load_pretrained(pretrained_dir).train()
+    if not model.trainable:
+        raise ConfigError(f"{pretrained_dir} is a {model.config.family} model, which has no hidden states to "
+                          "fine-tune; fine-tune a gpt, rnn, lstm or gru model")
     max_length = task_cfg.max_length or model.config.block_size
     if max_length > model.config.block_size:
         raise ValueError(f"finetune.{task_name}.max_length={max_length} exceeds the pretrained "

@@ -41,7 +41,8 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
     """Run `job` ("pretrain" or "finetune") with `inputs`; return its summary (also written
     to `out_dir/train_summary.json`). Metrics go to the MLflow run `run_id`."""
     launcher = resolve_launcher(cfg.trainer)
-    if world_size(cfg.trainer) == 1 or launcher == "none":
+    counted = job == "pretrain" and not cfg.model.trainable  # an n-gram model is fitted in one process
+    if world_size(cfg.trainer) == 1 or launcher == "none" or counted:
         from lightning.pytorch.loggers import MLFlowLogger
 
         summary = _train(job, cfg, inputs, out_dir, MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id))

@@ -9,7 +9,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from lm_tasks.config import OptimConfig
-from lm_tasks.models.gpt import GPT, GPTConfig
+from lm_tasks.models.io import build_config, build_model
 from lm_tasks.training.checkpoints import rng_state, set_rng_state
 from lm_tasks.training.optim import build_optimizer
 
@@ -24,7 +24,7 @@ class CausalLMModule(L.LightningModule):
     def __init__(self, model_config: dict, optim_config: dict, total_steps: int, bytes_per_token: float):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the stage logs the resolved config itself
-        self.model = GPT(GPTConfig(**model_config))
+        self.model = build_model(build_config(**model_config))
         self.optim_cfg = OptimConfig(**optim_config)
         self.total_steps = total_steps
         self.bytes_per_token = bytes_per_token

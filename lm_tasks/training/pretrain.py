@@ -21,8 +21,7 @@ from lightning.pytorch.loggers import Logger
 
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.datamodule import PackedDataModule
-from lm_tasks.models.gpt import GPTConfig
-from lm_tasks.models.io import save_pretrained
+from lm_tasks.models.io import build_config, save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
 from lm_tasks.training.callbacks import Throughput
 from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps
@@ -32,16 +31,20 @@ from lm_tasks.training.module import CausalLMModule
 log = logging.getLogger(__name__)
 
 
-def model_config_for(cfg: LifecycleConfig, tokenizer_path: str | Path) -> GPTConfig:
-    """The model's vocabulary size and special ids come from the trained tokenizer."""
+def model_config_for(cfg: LifecycleConfig, tokenizer_path: str | Path):
+    """The family's model config; vocabulary size and special ids come from the trained tokenizer."""
     specials = special_token_ids(load_tokenizer(tokenizer_path), cfg.tokenizer)
-    fields = {k: v for k, v in asdict(cfg.model).items() if k != "name"}
-    return GPTConfig(vocab_size=specials.vocab_size, eos_id=specials.eos_id, pad_id=specials.pad_id, **fields)
+    keys = {k: v for k, v in asdict(cfg.model).items() if k != "name"}
+    return build_config(**keys, vocab_size=specials.vocab_size, eos_id=specials.eos_id, pad_id=specials.pad_id)
 
 
 def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path,
              out_dir: str | Path, logger: Logger | bool = False) -> dict:
-    """Train the GPT on the packed tokens; export the best weights; return a summary."""
+    """Train the model on the packed tokens; export the best weights; return a summary."""
+    if not cfg.model.trainable:
+        from lm_tasks.training.ngram import fit_ngram
+
+        return fit_ngram(cfg, tokens_dir, tokenizer_path, out_dir, logger)
     out_dir = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from lm_tasks.models.gpt import GPT, GPTConfig, KVCache, filter_logits, sinusoidal_encoding
+from lm_tasks.models.base import filter_logits
+from lm_tasks.models.gpt import GPT, GPTConfig, KVCache, sinusoidal_encoding
 
 VOCAB = 97
 

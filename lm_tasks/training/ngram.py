@@ -1,0 +1,54 @@
+"""Fitting the n-gram baseline in the pretraining stage's place: counting, not training.
+
+Same inputs (the packed token arrays), same outputs (model/ in the exported format and a
+summary) and the same held-out metrics as `pretrain()`, so its runs sit beside the neural
+ones in MLflow: `val/loss` and `val/bpb`, here over every validation block (scoring is
+cheap), which is what the evaluate stage reports for every family.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger
+
+from lm_tasks.config import LifecycleConfig
+from lm_tasks.data.packing import read_meta
+from lm_tasks.evaluation import heldout_loss, lm_metrics
+from lm_tasks.models.io import save_pretrained
+from lm_tasks.models.ngram import NGramLM
+
+log = logging.getLogger(__name__)
+
+
+def fit_ngram(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
+              logger: Logger | bool = False) -> dict:
+    from lm_tasks.training.pretrain import model_config_for
+
+    out_dir, tokens_dir = Path(out_dir), Path(tokens_dir)
+    config = model_config_for(cfg, tokenizer_path)
+    train = np.memmap(tokens_dir / "train.bin", dtype=read_meta(tokens_dir)["dtype"], mode="r")
+    start = time.perf_counter()
+    model = NGramLM.fit(config, torch.from_numpy(train.astype(np.int64)))
+    seconds = time.perf_counter() - start
+    log.info("ngram: order %d fitted on %d tokens in %.1f s: %d n-grams, discounts %s", config.order,
+             len(train), seconds, model.num_parameters(), [round(d, 3) for d in model.discounts.tolist()])
+    loss = heldout_loss(model, tokens_dir, cfg.eval.batch_size)
+    metrics = {"val/loss": loss, "val/bpb": lm_metrics(loss, tokens_dir)["bpb"],
+               "train/tokens_per_sec": len(train) / max(seconds, 1e-9)}
+    if logger:
+        logger.log_metrics(metrics, step=0)
+    model_dir = save_pretrained(model, out_dir / "model", tokenizer_path)
+    return {
+        "best_checkpoint": "model/model.safetensors",
+        "model_dir": str(model_dir),
+        "world_size": 1,
+        "parameters": model.num_parameters(),
+        "steps": 0,
+        "best_val_loss": loss,
+        "last_metrics": metrics,
+    }

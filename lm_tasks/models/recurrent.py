@@ -72,12 +72,14 @@ class RecurrentLM(CausalLM):
         self.rnn = CELLS[cfg.family](cfg.n_embd, cfg.hidden_size, num_layers=cfg.n_layer, batch_first=True,
                                      dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        # Embeddings of about unit norm, std 1/sqrt(E): much smaller ones (GPT's 0.02) leave the
+        # recurrence a near-constant input and training sits on the unigram plateau for long.
+        # The recurrent weights keep PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)).
+        nn.init.normal_(self.wte.weight, mean=0.0, std=cfg.n_embd ** -0.5)
         if cfg.hidden_size == cfg.n_embd:
             self.lm_head.weight = self.wte.weight  # weight tying
         else:
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.02)
-        # Recurrent weights keep PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) initialisation.
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=cfg.hidden_size ** -0.5)
 
     @property
     def hidden_size(self) -> int:

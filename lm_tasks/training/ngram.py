@@ -2,8 +2,8 @@
 
 Same inputs (the packed token arrays), same outputs (model/ in the exported format and a
 summary) and the same held-out metrics as `pretrain()`, so its runs sit beside the neural
-ones in MLflow: `val/loss` and `val/bpb`, here over every validation block (scoring is
-cheap), which is what the evaluate stage reports for every family.
+ones in MLflow: `val/loss` and `val/bpb` on the blocks a neural model validates on (the
+first `trainer.limit_val_batches` micro-batches; a fraction there means every block).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lm_tasks.data.packing import read_meta
 from lm_tasks.evaluation import heldout_loss, lm_metrics
 from lm_tasks.models.io import save_pretrained
 from lm_tasks.models.ngram import NGramLM
+from lm_tasks.training.distributed import batch_plan
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def fit_ngram(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str 
     seconds = time.perf_counter() - start
     log.info("ngram: order %d fitted on %d tokens in %.1f s: %d n-grams, discounts %s", config.order,
              len(train), seconds, model.num_parameters(), [round(d, 3) for d in model.discounts.tolist()])
-    loss = heldout_loss(model, tokens_dir, cfg.eval.batch_size)
+    limit = cfg.trainer.limit_val_batches
+    loss = heldout_loss(model, tokens_dir, batch_plan(cfg.trainer).micro_batch_size,
+                        limit if isinstance(limit, int) else None)
     metrics = {"val/loss": loss, "val/bpb": lm_metrics(loss, tokens_dir)["bpb"],
                "train/tokens_per_sec": len(train) / max(seconds, 1e-9)}
     if logger:

@@ -142,6 +142,9 @@ def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageRes
                 prefix = f"data/{split}/{step['step']}"
                 metrics.update({f"{prefix}_rows_out": step["rows_out"], f"{prefix}_bytes_out": step["bytes_out"],
                                 f"{prefix}_dropped": step["rows_in"] - step["rows_out"]})
+                for reason, rows in step["dropped"].items():  # per rule
+                    metrics.update({f"{prefix}/{reason}_rows": rows,
+                                    f"{prefix}/{reason}_bytes": step["dropped_bytes"][reason]})
         for name in (*FILES, "manifest.json"):
             mlflow.log_artifact(str(out / name))
         tracking.log_dataset(report["digest"], cfg.data, Path(cfg.paths.data_dir))  # where it will be

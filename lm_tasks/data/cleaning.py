@@ -43,7 +43,7 @@ from lm_tasks.data.quality import first_failed_rule
 # (what invalid UTF-8 bytes become when a file is read). The zero-width joiner and
 # non-joiner (U+200D, U+200C) stay: emoji sequences and Persian and Indic scripts need them.
 _INVISIBLE = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
     "\ufeff\ufffd]"
 )
 _LINE_BREAKS = re.compile("\r\n|\r|\u2028|\u2029|\x85")
@@ -65,6 +65,7 @@ class StepReport:
     bytes_out: int
     changed: int = 0  # rows rewritten (normalise, PII)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    dropped_bytes: dict[str, int] = field(default_factory=dict)  # reason -> bytes of those rows
     details: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)  # a few dropped rows: reason, source, row, text
 
@@ -81,10 +82,10 @@ def normalize_text(text: str, unicode_form: str = "NFC") -> str:
     Indentation inside a line is kept (it carries meaning in code and verse);
     trailing spaces, runs of blank lines and leading/trailing whitespace go.
     """
-    if unicode_form != "none":
-        text = unicodedata.normalize(unicode_form, text)
     text = _LINE_BREAKS.sub("\n", text)
     text = _INVISIBLE.sub("", text)
+    if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
+        text = unicodedata.normalize(unicode_form, text)
     text = _ODD_SPACES.sub(" ", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _BLANK_RUNS.sub("\n\n", text)
@@ -129,6 +130,13 @@ def clean_rows_batch(batch: dict, unicode_form: str, min_chars: int, max_chars: 
         out["_step"].append(step)
         out["_reason"].append(reason)
     return out
+
+
+def clean_text(text: str, cfg: CleaningConfig) -> str:
+    """A text rewritten as the per-row steps rewrite a kept row (normal form, PII placeholders):
+    evaluation texts are brought to the same form before training rows are matched against them."""
+    text = normalize_text(text, cfg.unicode_form)
+    return scrub_pii(text, tuple(cfg.pii))[0] if cfg.pii else text
 
 
 def text_hash(text: str) -> int:
@@ -215,7 +223,7 @@ def row_steps(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Data
     for r in reports:  # what each step dropped, by reason, with a few samples
         if table is not None:
             mine = pc.if_else(pc.equal(table["_step"], r.step), table["_reason"], "")
-            r.dropped, r.samples = _by_reason(ds, mine, cfg.dropped_samples)
+            r.dropped, r.dropped_bytes, r.samples = _by_reason(ds, mine, cfg.dropped_samples)
     kept = ds.select(np.flatnonzero(passed["language"])) if len(ds) else ds
     kept = kept.remove_columns([c for c in ds.column_names if c.startswith("_")])
     return kept, [r for r in reports if r.rows_in or r.step == "normalize"]
@@ -283,22 +291,26 @@ def _drop(ds: Dataset, step: str, reasons, samples: int, describe=None) -> tuple
     """Keep the rows whose reason is empty (an index selection: nothing is copied); report
     the others by reason with a few samples."""
     rows, before = len(ds), _bytes(ds)
-    dropped, examples = _by_reason(ds, reasons, samples, describe) if rows else ({}, [])
+    dropped, dropped_bytes, examples = _by_reason(ds, reasons, samples, describe) if rows else ({}, {}, [])
     kept = ds.select(pc.indices_nonzero(pc.equal(reasons, "")).to_numpy().astype(np.int64)) if rows else ds
-    return kept, StepReport(step, rows, len(kept), before, _bytes(kept), dropped=dropped, samples=examples)
+    return kept, StepReport(step, rows, len(kept), before, _bytes(kept), dropped=dropped,
+                            dropped_bytes=dropped_bytes, samples=examples)
 
 
-def _by_reason(ds: Dataset, reasons, samples: int, describe=None) -> tuple[dict[str, int], list[dict]]:
-    """Rows per non-empty reason (`reasons`: an Arrow array aligned with ds) and the first
-    `samples` of each with their provenance (`describe(index)` adds to a sample)."""
-    dropped = {item["values"]: item["counts"] for item in pc.value_counts(reasons).to_pylist() if item["values"]}
+def _by_reason(ds: Dataset, reasons, samples: int, describe=None) -> tuple[dict[str, int], dict[str, int], list[dict]]:
+    """Rows and bytes per non-empty reason (`reasons`: an Arrow array aligned with ds) and the
+    first `samples` of each with their provenance (`describe(index)` adds to a sample)."""
+    sums = pa.table({"reason": reasons, "n_bytes": ds.with_format("arrow")["n_bytes"]}).group_by("reason").aggregate(
+        [("n_bytes", "sum"), ("n_bytes", "count")]).to_pylist()
+    dropped = {s["reason"]: s["n_bytes_count"] for s in sums if s["reason"]}
+    dropped_bytes = {s["reason"]: s["n_bytes_sum"] for s in sums if s["reason"]}
     examples = []
     for reason in sorted(dropped):
         for i in pc.indices_nonzero(pc.equal(reasons, reason))[:samples].to_pylist():
             row = ds[i]
             examples.append({"reason": reason, "source": row["source"], "row": row["row"],
                              "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
-    return dropped, examples
+    return dropped, dropped_bytes, examples
 
 
 def _bytes(ds: Dataset) -> int:

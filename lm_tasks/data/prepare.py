@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.cleaning import StepReport, clean_split, decontaminate, eval_text_hashes
+from lm_tasks.data.cleaning import StepReport, clean_split, clean_text, decontaminate, eval_text_hashes
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.report import build_report, write_report
 from lm_tasks.artifacts import write_json
@@ -80,8 +80,8 @@ def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]]
     def texts():  # the validation split in batches, then the tasks' evaluation texts
         for batch in validation.select_columns("text").iter(batch_size=1000):
             yield from batch["text"]
-        for task_texts in eval_texts.values():
-            yield from task_texts
+        for task_texts in eval_texts.values():  # in the form the training rows now have
+            yield from (clean_text(text, cfg.cleaning) for text in task_texts)
 
     index = NgramIndex(texts(), n=cfg.cleaning.decontamination.ngram)
     train, report = decontaminate(cleaned["train"], index, eval_text_hashes(texts()), cfg.cleaning, cfg.num_proc)

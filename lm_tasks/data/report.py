@@ -1,6 +1,6 @@
 """The data report: what the data stage did to every split, for people and for MLflow.
 
-    report.json           every step: rows and bytes in/out, rows dropped per rule, details
+    report.json           every step: rows and bytes in/out, rows and bytes dropped per rule, details
                           (duplicate cluster sizes, language mix, PII replaced, ...)
     report.md             the same as tables (the Prefect artifact and the MLflow run show it)
     dropped_samples.jsonl a few dropped rows per rule with their source and row
@@ -51,7 +51,8 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"**{split}**", "", "| step | rows in | rows out | bytes in | bytes out | dropped / changed |",
                   "|---|---:|---:|---:|---:|---|"]
         for s in steps:
-            effect = ", ".join(f"{reason} {n:,}" for reason, n in sorted(s["dropped"].items(), key=lambda x: -x[1]))
+            effect = ", ".join(f"{reason} {n:,} ({s['dropped_bytes'].get(reason, 0):,} B)"
+                               for reason, n in sorted(s["dropped"].items(), key=lambda x: -x[1]))
             if s["changed"]:
                 effect = f"changed {s['changed']:,}" + (f"; {effect}" if effect else "")
             lines.append(f"| {s['step']} | {s['rows_in']:,} | {s['rows_out']:,} | {s['bytes_in']:,} | "

@@ -41,6 +41,20 @@ def test_pretraining_rows_quoting_a_task_evaluation_text_are_dropped(tmp_path):
     assert any(quoted in t for t in load_prepared(plain.output_dir)["train"]["text"])
 
 
+def test_pretraining_rows_quoting_the_validation_split_are_dropped(tmp_path):
+    held_out = paragraphs(5, seed=4)
+    quoted = " ".join(held_out[2].split()[:20])
+    corpus = paragraphs(40, seed=3) + [f"As it was said before, {quoted}, and so on."]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(corpus))
+    (tmp_path / "held_out.txt").write_text("\n\n".join(held_out))
+    data = run_data(load_config([f"paths.root_dir={tmp_path}", "data=local", f"data.files=[{tmp_path}/corpus.txt]",
+                                 f"data.validation_files=[{tmp_path}/held_out.txt]"]))
+    train = load_prepared(data.output_dir)["train"]
+    assert len(train) == 40 and not any(quoted in text for text in train["text"])
+    assert data.metrics["data/train/decontamination/shares_eval_ngram_rows"] == 1
+    assert data.metrics["data/train/decontamination/shares_eval_ngram_bytes"] == len(corpus[-1].encode())
+
+
 def test_a_packed_token_traces_back_to_its_file_and_line(tmp_path):
     corpus = paragraphs(80, seed=5)
     (tmp_path / "corpus.txt").write_text("\n\n".join(corpus))

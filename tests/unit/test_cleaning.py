@@ -6,7 +6,9 @@ import pytest
 from datasets import Dataset
 
 from lm_tasks.config import load_config
-from lm_tasks.data.cleaning import clean_split, decontaminate, eval_text_hashes, normalize_text
+import unicodedata
+
+from lm_tasks.data.cleaning import clean_split, clean_text, decontaminate, eval_text_hashes, normalize_text
 from lm_tasks.data.decontamination import NgramIndex
 from tests.text_samples import paragraphs
 
@@ -29,6 +31,7 @@ def by_step(reports) -> dict:
     ("\ufeffstarts with a BOM", "starts with a BOM"),
     ("nul\x00 bytes\x07 and bell", "nul bytes and bell"),
     ("zero\u200bwidth and \u202ebidi\u202c", "zerowidth and bidi"),
+    ("arabic letter mark\u061c gone", "arabic letter mark gone"),
     ("family 👩\u200d👧 and ZWNJ \u200c stay", "family 👩\u200d👧 and ZWNJ \u200c stay"),
     ("bad bytes \ufffd\ufffd here", "bad bytes  here"),
     ("trailing spaces   \nnext", "trailing spaces\nnext"),
@@ -47,6 +50,9 @@ def test_unicode_forms():
     assert normalize_text(decomposed, "NFC") == "Caf\u00e9"
     assert normalize_text("\ufb01ne", "NFKC") == "fine"  # the fi ligature
     assert normalize_text(decomposed, "none") == decomposed
+    # An invisible character between a letter and its accent is removed before composing.
+    hidden = normalize_text("Cafe\u200b\u0301", "NFC")
+    assert hidden == "Caf\u00e9" and unicodedata.is_normalized("NFC", hidden)
 
 
 def test_each_step_counts_rows_bytes_and_reasons():
@@ -101,6 +107,20 @@ def test_near_duplicates_go_and_the_sample_shows_what_they_duplicate():
     assert list(cleaned["text"]) == originals
 
 
+def test_each_rule_counts_the_bytes_it_drops():
+    good = paragraphs(8)
+    texts = [*good[:4], "short", "x" * 300, good[0], "$$$ ### %%% @@@ !!! ^^^ &&& *** ((( ))) +++ === ~~~ |||"]
+    _, reports = clean_split(rows(texts), cleaning("max_chars=200", "near_dedup.enabled=false"))
+    for step in reports:
+        assert set(step.dropped) == set(step.dropped_bytes), step.step
+        if step.step in ("length", "quality", "language", "exact_dedup"):  # filters: bytes out = in - dropped
+            assert step.bytes_in - step.bytes_out == sum(step.dropped_bytes.values()), step.step
+    steps = by_step(reports)
+    assert steps["length"].dropped_bytes == {"too_short": 5, "too_long": 300}
+    assert steps["exact_dedup"].dropped_bytes == {"duplicate": len(good[0].encode())}
+    assert sum(steps["quality"].dropped_bytes.values()) == len(texts[-1].encode())
+
+
 def test_two_processes_clean_like_one():
     texts = paragraphs(200) + paragraphs(50)  # the second batch repeats the first 50
     one, one_reports = clean_split(rows(texts), cleaning(), num_proc=1)
@@ -119,3 +139,18 @@ def test_decontamination_drops_rows_that_quote_or_equal_an_evaluation_text():
     assert report.dropped == {"shares_eval_ngram": 1, "equals_eval_text": 1} and len(kept) == 5
     assert sorted(s["row"] for s in report.samples) == [6, 7]
     assert list(kept["text"]) == list(cleaned["text"])[:5]
+
+
+def test_evaluation_texts_are_matched_in_the_form_training_rows_have():
+    # An evaluation text in NFD with an e-mail address; the training row quoting it was
+    # normalised to NFC and scrubbed, so only the evaluation text in the same form matches.
+    evaluation = "Le cafe\u0301 du coin ouvre a\u0300 sept heures, e\u0301crivez a\u0300 jean@example.com pour re\u0301server"
+    train = paragraphs(3) + [f"On lit: {unicodedata.normalize('NFC', evaluation)} et voila."]
+    cfg = cleaning("languages=null")
+    cleaned, _ = clean_split(rows(train), cfg)
+    raw_index = NgramIndex([evaluation], n=8)
+    assert decontaminate(cleaned, raw_index, eval_text_hashes([evaluation]), cfg)[1].dropped == {}
+    same_form = clean_text(evaluation, cfg)
+    assert "<EMAIL>" in same_form and unicodedata.is_normalized("NFC", same_form)
+    kept, report = decontaminate(cleaned, NgramIndex([same_form], n=8), eval_text_hashes([same_form]), cfg)
+    assert report.dropped == {"shares_eval_ngram": 1} and len(kept) == 3

@@ -81,7 +81,9 @@ def _note(step: dict) -> str:
 
 
 def length_histogram(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts over log-spaced byte-length bins (1 B .. the longest row)."""
+    """Counts over log-spaced byte-length bins (1 B .. the longest row); empty rows count
+    in the first bin, so every row read is in the plot."""
+    lengths = np.maximum(lengths, 1)
     top = max(2, int(lengths.max()) if len(lengths) else 2)
     edges = np.unique(np.logspace(0, np.log10(top) + 1e-9, 30).round())
     return np.histogram(lengths, bins=edges)

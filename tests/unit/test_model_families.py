@@ -232,5 +232,7 @@ def test_fine_tuning_an_ngram_model_is_refused_before_anything_runs():
 def test_a_family_needs_its_own_keys():
     with pytest.raises(ConfigError, match="model.family=lstm needs model.n_layer"):
         load_config(["model=lstm", "model.n_layer=null"])
+    with pytest.raises(ConfigError, match="Unknown config key 'model.order'"):  # an n-gram key on an LSTM
+        load_config(["model=lstm", "model.order=3"])
     with pytest.raises(ConfigError, match="model.family='lsmt' is not one of .* Did you mean 'lstm'"):
         load_config(["model=lstm", "model.family=lsmt"])

@@ -49,9 +49,9 @@ def rows(client: MlflowClient, experiment_id: str) -> list[dict]:
         name = family if family != "gpt" else f"gpt ({params['model.pos_encoding']} positions)"
         if name in table:
             continue
-        children = {r.data.tags["stage"]: r for r in client.search_runs(
-            [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
-        pretrain, evaluation = children["pretrain"], children["evaluate"].data.metrics
+        # The runs that did the work (a cached stage's run belongs to an earlier lifecycle).
+        pretrain = client.get_run(parent.data.tags["stage.pretrain.run_id"])
+        evaluation = client.get_run(parent.data.tags["stage.evaluate.run_id"]).data.metrics
         losses = client.get_metric_history(pretrain.info.run_id, "train/loss")
         tokens_per_sec = [m.value for m in client.get_metric_history(pretrain.info.run_id, "train/tokens_per_sec")]
         table[name] = {
@@ -84,7 +84,8 @@ def main() -> None:
     table = rows(client, experiment.experiment_id)
     print(f"\nTiny Shakespeare, byte-level BPE {cfg.tokenizer.vocab_size}, budget {cfg.trainer.max_minutes} min "
           f"or {cfg.trainer.max_steps} steps of {cfg.trainer.global_batch_size} x {cfg.model.block_size} tokens\n")
-    print("| model | parameters (n-gram: n-grams) | steps | stage seconds | tokens/s | val/bpb | eval/lm/bpb | unigram bpb |")
+    print("| model | parameters (n-gram: n-grams) | steps | stage seconds | tokens/s | val/bpb | eval/lm/bpb "
+          "| unigram bpb |")
     print("|---|---|---|---|---|---|---|---|")
     for r in table:
         print(f"| {r['model']} | {r['parameters']:,} | {r['steps']} | {r['train_seconds']} | "

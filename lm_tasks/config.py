@@ -210,7 +210,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.family", self.family, MODEL_FAMILIES)
-        needed = {"gpt": ("n_layer", "n_head", "n_embd"), "ngram": ("order",)}.get(self.family, ("n_layer", "n_embd"))
+        needed = {"gpt": ("n_layer", "n_head", "n_embd"), "ngram": ("order",)}.get(self.family,
+                                                                                   ("n_layer", "n_embd"))
         missing = [f"model.{key}" for key in needed if getattr(self, key) is None]
         if missing:
             raise ConfigError(f"model.family={self.family} needs {', '.join(missing)}")

@@ -82,7 +82,7 @@ def texts_from(model_input: Any, column: str) -> list[str]:
 
 
 class LanguageModel(mlflow.pyfunc.PythonModel):
-    """Continues prompts with the pretrained GPT."""
+    """Continues prompts with a pretrained language model (any family)."""
 
     def load_context(self, context) -> None:
         model_dir = Path(context.artifacts["model"])

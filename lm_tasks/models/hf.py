@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from lm_tasks.artifacts import atomic_path
-from lm_tasks.models.gpt import GPT, GPTConfig, sinusoidal_encoding
+from lm_tasks.models.gpt import GPT, GPTConfig, position_table
 from lm_tasks.models.io import FILES, read_config, save_pretrained
 
 # GPT-2's `activation_function` -> ours. gelu_new and gelu_pytorch_tanh are the
@@ -232,7 +232,7 @@ def _hf_weights(cfg: GPTConfig, ours: dict[str, torch.Tensor]) -> dict[str, torc
     ours = dict(ours)
     ours.setdefault("wte.weight", ours.get("lm_head.weight"))
     if cfg.pos_encoding == "sinusoidal":
-        ours["wpe.weight"] = sinusoidal_encoding(cfg.block_size, cfg.n_embd)  # the fixed table as learned weights
+        ours["wpe.weight"] = position_table(cfg.block_size, cfg.n_embd)  # the fixed table as learned weights
     hf: dict[str, torch.Tensor] = {}
     for our_name, hf_name, conv in weight_names(cfg.n_layer):
         tensor = ours.get(our_name)

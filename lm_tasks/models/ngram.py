@@ -59,6 +59,10 @@ class NGramLM(CausalLM):
         super().__init__()
         self.config = cfg
         tables = tables or {}
+        expected = [f"{name}_{k}" for k in range(1, cfg.order + 1) for name in TABLES] + ["discounts"]
+        missing = [name for name in expected if name not in tables]
+        if tables and missing:
+            raise ValueError(f"The n-gram tables lack {', '.join(missing)} (an order-{cfg.order} model needs them)")
         for k in range(1, cfg.order + 1):
             for name in TABLES:
                 default = torch.zeros(0, dtype=torch.int64 if name.endswith("keys") else torch.float32)

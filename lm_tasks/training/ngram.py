@@ -20,18 +20,16 @@ from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.packing import read_meta
 from lm_tasks.evaluation import heldout_loss, lm_metrics
 from lm_tasks.models.io import save_pretrained
-from lm_tasks.models.ngram import NGramLM
+from lm_tasks.models.ngram import NGramConfig, NGramLM
 from lm_tasks.training.distributed import batch_plan
 
 log = logging.getLogger(__name__)
 
 
-def fit_ngram(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
-              logger: Logger | bool = False) -> dict:
-    from lm_tasks.training.pretrain import model_config_for
-
+def fit_ngram(cfg: LifecycleConfig, config: NGramConfig, tokens_dir: str | Path, tokenizer_path: str | Path,
+              out_dir: str | Path, logger: Logger | bool = False) -> dict:
+    """Count the training tokens into an n-gram model; export it; return pretrain()'s summary."""
     out_dir, tokens_dir = Path(out_dir), Path(tokens_dir)
-    config = model_config_for(cfg, tokenizer_path)
     train = np.memmap(tokens_dir / "train.bin", dtype=read_meta(tokens_dir)["dtype"], mode="r")
     start = time.perf_counter()
     model = NGramLM.fit(config, torch.from_numpy(train.astype(np.int64)))

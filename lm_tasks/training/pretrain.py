@@ -44,7 +44,7 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
     if not cfg.model.trainable:
         from lm_tasks.training.ngram import fit_ngram
 
-        return fit_ngram(cfg, tokens_dir, tokenizer_path, out_dir, logger)
+        return fit_ngram(cfg, model_config_for(cfg, tokenizer_path), tokens_dir, tokenizer_path, out_dir, logger)
     out_dir = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")

@@ -144,7 +144,8 @@ def test_decontamination_drops_rows_that_quote_or_equal_an_evaluation_text():
 def test_evaluation_texts_are_matched_in_the_form_training_rows_have():
     # An evaluation text in NFD with an e-mail address; the training row quoting it was
     # normalised to NFC and scrubbed, so only the evaluation text in the same form matches.
-    evaluation = "Le cafe\u0301 du coin ouvre a\u0300 sept heures, e\u0301crivez a\u0300 jean@example.com pour re\u0301server"
+    evaluation = ("Le cafe\u0301 du coin ouvre a\u0300 sept heures, e\u0301crivez a\u0300 jean@example.com "
+                  "pour re\u0301server")
     train = paragraphs(3) + [f"On lit: {unicodedata.normalize('NFC', evaluation)} et voila."]
     cfg = cleaning("languages=null")
     cleaned, _ = clean_split(rows(train), cfg)

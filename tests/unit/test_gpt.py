@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lm_tasks.models.base import filter_logits
-from lm_tasks.models.gpt import GPT, GPTConfig, KVCache, sinusoidal_encoding
+from lm_tasks.models.gpt import GPT, GPTConfig, KVCache, position_table, sinusoidal_encoding
 
 VOCAB = 97
 
@@ -80,6 +80,12 @@ def test_sinusoidal_encoding_matches_the_formula():
     pos, i = 7, 2
     assert pe[pos, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / 8)), abs=1e-6)
     assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+
+
+def test_sinusoidal_positions_start_on_the_learned_tables_scale():
+    model = tiny("sinusoidal")
+    assert torch.equal(model.pe, position_table(16, 32))
+    assert model.pe.std().item() == pytest.approx(tiny("learned").wpe.weight.std().item(), rel=0.25)
 
 
 def test_optimizer_groups_split_matrices_from_vectors():

@@ -208,6 +208,9 @@ def test_ngram_refuses_what_it_cannot_represent():
         NGramLM.fit(NGramConfig(vocab_size=4, order=2), torch.tensor([0, 1, 5, 2]))
     with pytest.raises(ValueError, match="2 training tokens cannot fit an order-3"):
         NGramLM.fit(NGramConfig(vocab_size=4, order=3), torch.tensor([0, 1]))
+    bigram = NGramLM.fit(NGramConfig(vocab_size=4, order=2), torch.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError, match=r"lack gram_keys_3, .* \(an order-3 model needs them\)"):
+        NGramLM(NGramConfig(vocab_size=4, order=3), dict(bigram.state_dict()))
 
 
 # --- configuration ----------------------------------------------------------------------------

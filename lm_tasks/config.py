@@ -185,9 +185,6 @@ class TokenizerConfig:
         return list(dict.fromkeys(tokens))  # de-duplicated, order kept
 
 
-MODEL_FAMILIES = ("gpt", "rnn", "lstm", "gru", "ngram")
-
-
 @dataclass
 class ModelConfig:
     """The model family and its shape. Each family reads its own keys (lm_tasks/models/io.py);
@@ -209,7 +206,9 @@ class ModelConfig:
     order: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.family", self.family, MODEL_FAMILIES)
+        from lm_tasks.models.io import FAMILIES
+
+        _check_choice("model.family", self.family, tuple(FAMILIES))
         needed = {"gpt": ("n_layer", "n_head", "n_embd"), "ngram": ("order",)}.get(self.family,
                                                                                    ("n_layer", "n_embd"))
         missing = [f"model.{key}" for key in needed if getattr(self, key) is None]

@@ -432,6 +432,13 @@ class LifecycleConfig:
     resolved_yaml: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        family = self.model.family
+        if family == "ngram" and self.tokenizer.vocab_size ** self.model.order >= 2 ** 63:
+            raise ConfigError(f"model.order={self.model.order} with tokenizer.vocab_size={self.tokenizer.vocab_size} "
+                              "needs n-gram keys wider than 63 bits; lower one of them")
+        if self.trainer.strategy == "fsdp" and family != "gpt":
+            raise ConfigError(f"trainer.strategy=fsdp shards the GPT's Transformer blocks; a {family} model has "
+                              "none: use trainer=ddp")
         if self.finetune and not self.model.trainable and self.init_from is None:
             raise ConfigError(
                 f"model.family={self.model.family} has no hidden states to fine-tune "

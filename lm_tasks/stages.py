@@ -84,7 +84,8 @@ def tokenizer_key(cfg: LifecycleConfig, data: StageResult) -> str:
 def pretrain_key(cfg: LifecycleConfig, tokens: StageResult) -> str:
     config = {"model": asdict(cfg.model), "optim": asdict(cfg.optim), "seed": cfg.seed,
               "trainer": _without(asdict(cfg.trainer), NOT_IN_KEY)}
-    return stage_key("pretrain", config, ["models", "training", "data/datamodule.py", "data/packing.py"],
+    return stage_key("pretrain", config, ["models", "training", "evaluation.py", "data/datamodule.py",
+                                          "data/packing.py"],
                      {"tokens": tokens.digest})
 
 

@@ -25,6 +25,12 @@ from lm_tasks.models.base import CausalLM
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
+# The fixed table is added at the scale the learned one starts from (std 0.02 per entry).
+# Unscaled (RMS 0.71) it drowns token embeddings of std 0.02 and training stalls for
+# hundreds of steps; Vaswani et al. scale the embeddings up by sqrt(C) instead, which
+# the output head tied to them (and GPT-2's layout) cannot follow.
+SINUSOIDAL_SCALE = 0.02 * math.sqrt(2)
+
 
 @dataclass
 class GPTConfig:
@@ -36,6 +42,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     pos_encoding: str = "learned"  # learned | sinusoidal
+    pos_scale: float = SINUSOIDAL_SCALE  # what the sinusoidal table is multiplied by
     # gelu (exact erf form) | gelu_tanh (GPT-2's tanh approximation, needed to run GPT-2 weights exactly)
     activation: str = "gelu"
     eos_id: int | None = None
@@ -149,16 +156,9 @@ def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
     return pe
 
 
-# The fixed table is added at the scale the learned one starts from (std 0.02 per entry).
-# Unscaled (RMS 0.71) it drowns token embeddings of std 0.02 and training stalls for
-# hundreds of steps; Vaswani et al. scale the embeddings up by sqrt(C) instead, which
-# the output head tied to them (and GPT-2's layout) cannot follow.
-SINUSOIDAL_SCALE = 0.02 * math.sqrt(2)
-
-
-def position_table(block_size: int, n_embd: int) -> torch.Tensor:
-    """The sinusoidal positions as the model adds them: (T, C), std 0.02."""
-    return sinusoidal_encoding(block_size, n_embd) * SINUSOIDAL_SCALE
+def position_table(cfg: GPTConfig) -> torch.Tensor:
+    """The sinusoidal positions as the model adds them: (T, C), std 0.02 by default."""
+    return sinusoidal_encoding(cfg.block_size, cfg.n_embd) * cfg.pos_scale
 
 
 class GPT(CausalLM):
@@ -173,7 +173,7 @@ class GPT(CausalLM):
         if cfg.pos_encoding == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:
-            self.register_buffer("pe", position_table(cfg.block_size, cfg.n_embd), persistent=False)
+            self.register_buffer("pe", position_table(cfg), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)

@@ -232,7 +232,7 @@ def _hf_weights(cfg: GPTConfig, ours: dict[str, torch.Tensor]) -> dict[str, torc
     ours = dict(ours)
     ours.setdefault("wte.weight", ours.get("lm_head.weight"))
     if cfg.pos_encoding == "sinusoidal":
-        ours["wpe.weight"] = position_table(cfg.block_size, cfg.n_embd)  # the fixed table as learned weights
+        ours["wpe.weight"] = position_table(cfg)  # the fixed table as learned weights
     hf: dict[str, torch.Tensor] = {}
     for our_name, hf_name, conv in weight_names(cfg.n_layer):
         tensor = ours.get(our_name)

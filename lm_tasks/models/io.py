@@ -60,7 +60,10 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, tokenizer_path: str | 
 def read_config(model_dir: str | Path):
     """The exported model's config object (folders written before families existed are GPTs)."""
     values = json.loads((Path(model_dir) / "config.json").read_text())
-    return build_config(values.pop("family", "gpt"), **values)
+    family = values.pop("family", "gpt")
+    if family == "gpt":  # written before sinusoidal positions were scaled: they were added unscaled
+        values.setdefault("pos_scale", 1.0)
+    return build_config(family, **values)
 
 
 def load_pretrained(model_dir: str | Path, device: str = "cpu") -> CausalLM:

@@ -9,7 +9,7 @@ h' is h without its first token, P_0(w) = 1/V. At the highest order c_k is the c
 the n-gram; below it, the continuation count: the number of distinct tokens seen before
 h w (how many contexts w completes, not how often). c_k(h .) sums c_k(h w) over w,
 N_k(h .) counts the w with c_k(h w) > 0, and D_k = n1 / (n1 + 2 n2) from the numbers of
-k-grams counted once and twice. A history never seen backs off to P_{k-1} whole. Every
+k-grams counted once and twice (0.5 when none was counted once). A history never seen backs off to P_{k-1} whole. Every
 token keeps a probability above zero, and each P_k sums to one over the vocabulary.
 
 A k-gram is stored as one int64 key, its tokens as digits in base V (the vocabulary
@@ -89,7 +89,7 @@ class NGramLM(CausalLM):
             context_keys, position, types = torch.unique(keys // V, return_inverse=True, return_counts=True)
             totals = torch.zeros(len(context_keys), dtype=torch.float64).scatter_add_(0, position, counts.double())
             n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
-            discounts.append(n1 / (n1 + 2 * n2) if n1 + 2 * n2 else 0.5)
+            discounts.append(n1 / (n1 + 2 * n2) if n1 else 0.5)  # D = 0 would give unseen tokens p = 0
             tables.update({f"gram_keys_{k}": keys, f"gram_counts_{k}": counts.float(),
                            f"context_keys_{k}": context_keys, f"context_totals_{k}": totals.float(),
                            f"context_types_{k}": types.float()})
@@ -112,7 +112,8 @@ class NGramLM(CausalLM):
             if k > 1:  # extend every history by one token on the left
                 shift = k - 2
                 earlier = torch.zeros_like(idx)
-                earlier[:, shift:] = idx[:, :idx.size(1) - shift]
+                if shift < idx.size(1):
+                    earlier[:, shift:] = idx[:, :idx.size(1) - shift]
                 context = earlier * V ** (k - 2) + context
             has_history = (positions >= k - 2).expand_as(idx)  # (B, T): k-1 tokens exist
             total, found = _lookup(getattr(self, f"context_keys_{k}"), getattr(self, f"context_totals_{k}"), context)

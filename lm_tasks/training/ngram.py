@@ -2,8 +2,9 @@
 
 Same inputs (the packed token arrays), same outputs (model/ in the exported format and a
 summary) and the same held-out metrics as `pretrain()`, so its runs sit beside the neural
-ones in MLflow: `val/loss` and `val/bpb` on the blocks a neural model validates on (the
-first `trainer.limit_val_batches` micro-batches; a fraction there means every block).
+ones in MLflow: `val/loss` and `val/bpb` on the first `trainer.limit_val_batches` validation
+micro-batches, the blocks one training process validates on (a fraction there: every
+block). The evaluate stage's `eval/lm/bpb`, over the whole split, is the number to compare.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_sinusoidal_encoding_matches_the_formula():
 
 def test_sinusoidal_positions_start_on_the_learned_tables_scale():
     model = tiny("sinusoidal")
-    assert torch.equal(model.pe, position_table(16, 32))
+    assert torch.equal(model.pe, position_table(model.config))
     assert model.pe.std().item() == pytest.approx(tiny("learned").wpe.weight.std().item(), rel=0.25)
 
 

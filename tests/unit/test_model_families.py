@@ -110,6 +110,21 @@ def test_every_family_round_trips_through_the_exported_folder(tmp_path, family):
     assert torch.equal(loaded(idx)[0], model(idx)[0])
 
 
+def test_a_folder_written_before_families_loads_as_the_gpt_it_was(tmp_path):
+    import json
+
+    from lm_tasks.models.gpt import sinusoidal_encoding
+
+    model = build_model(build_config("gpt", vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, block_size=8,
+                                     pos_encoding="sinusoidal"))
+    out = save_pretrained(model, tmp_path / "model", tokenizer_file(tmp_path))
+    config = json.loads((out / "config.json").read_text())
+    old = {k: v for k, v in config.items() if k not in ("family", "pos_scale")}
+    (out / "config.json").write_text(json.dumps(old))
+    loaded = load_pretrained(out)  # then, sinusoidal positions were added unscaled
+    assert loaded.config.family == "gpt" and torch.equal(loaded.pe, sinusoidal_encoding(8, 16))
+
+
 def test_only_the_gpt_exports_to_hugging_face(tmp_path):
     out = save_pretrained(recurrent("lstm"), tmp_path / "model", tokenizer_file(tmp_path))
     with pytest.raises(ValueError, match="lstm model; only the GPT maps onto a Hugging Face"):
@@ -133,7 +148,7 @@ def kneser_ney_reference(tokens: list[int], V: int, order: int, history: list[in
             return 1.0 / V
         c = counts(k)
         n1, n2 = sum(v == 1 for v in c.values()), sum(v == 2 for v in c.values())
-        discount = n1 / (n1 + 2 * n2) if n1 + 2 * n2 else 0.5
+        discount = n1 / (n1 + 2 * n2) if n1 else 0.5
         following = {g: v for g, v in c.items() if g[:-1] == h}
         if not following:
             return p(k - 1, h[1:], w)
@@ -178,6 +193,17 @@ def test_ngram_loss_is_the_targets_cross_entropy_and_never_infinite():
     masked[0, :3] = -100
     _, partial = model(idx[:, :-1], masked)
     assert partial.item() == pytest.approx(-logits[0, 3:-1].gather(-1, idx[0, 4:, None]).mean().item(), rel=1e-6)
+
+
+def test_repetitive_data_and_short_histories_keep_every_probability_positive():
+    # Every unigram seen at least twice: the count-of-counts discount would be 0.
+    model = NGramLM.fit(NGramConfig(vocab_size=4, order=1), torch.tensor([0, 0, 1, 1, 1]))
+    assert bool((model(torch.tensor([[0]]))[0].exp() > 0).all())
+    assert torch.isfinite(model(torch.tensor([[0, 1]]), torch.tensor([[2, 3]]))[1])
+    high = NGramLM.fit(NGramConfig(vocab_size=11, order=6), structured_tokens(300, V=11))
+    for length in (1, 2, 3, 8):  # histories shorter than the order
+        assert high(torch.zeros(2, length, dtype=torch.long))[0].shape == (2, length, 11)
+    assert high.generate(torch.tensor([[1]]), 6, temperature=0).shape == (1, 7)
 
 
 def test_higher_orders_model_structured_text_better():
@@ -230,6 +256,13 @@ def test_every_shipped_model_config_builds_its_family(name):
 def test_fine_tuning_an_ngram_model_is_refused_before_anything_runs():
     with pytest.raises(ConfigError, match="model.family=ngram has no hidden states to fine-tune"):
         load_config(["model=ngram", "finetune=classification"])
+
+
+def test_what_a_family_cannot_do_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match="model.order=5 with tokenizer.vocab_size=8192 needs n-gram keys wider"):
+        load_config(["model=ngram", "model.order=5", "tokenizer.vocab_size=8192"])
+    with pytest.raises(ConfigError, match="trainer.strategy=fsdp shards the GPT's Transformer blocks; a lstm model"):
+        load_config(["model=lstm", "trainer=fsdp"])
 
 
 def test_a_family_needs_its_own_keys():

@@ -433,9 +433,15 @@ class LifecycleConfig:
 
     def __post_init__(self) -> None:
         family = self.model.family
-        if family == "ngram" and self.tokenizer.vocab_size ** self.model.order >= 2 ** 63:
-            raise ConfigError(f"model.order={self.model.order} with tokenizer.vocab_size={self.tokenizer.vocab_size} "
-                              "needs n-gram keys wider than 63 bits; lower one of them")
+        if family == "ngram":  # the key-width rule lives with the model; checked here before any stage runs
+            from lm_tasks.models.ngram import NGramConfig
+
+            try:
+                NGramConfig(vocab_size=self.tokenizer.vocab_size, order=self.model.order)
+            except ValueError:
+                raise ConfigError(f"model.order={self.model.order} with tokenizer.vocab_size="
+                                  f"{self.tokenizer.vocab_size} needs n-gram keys wider than 63 bits; "
+                                  "lower one of them") from None
         if self.trainer.strategy == "fsdp" and family != "gpt":
             raise ConfigError(f"trainer.strategy=fsdp shards the GPT's Transformer blocks; a {family} model has "
                               "none: use trainer=ddp")

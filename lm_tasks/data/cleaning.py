@@ -297,7 +297,8 @@ def _drop(ds: Dataset, step: str, reasons, samples: int, describe=None) -> tuple
                             dropped_bytes=dropped_bytes, samples=examples)
 
 
-def _by_reason(ds: Dataset, reasons, samples: int, describe=None) -> tuple[dict[str, int], dict[str, int], list[dict]]:
+def _by_reason(ds: Dataset, reasons, samples: int,
+               describe=None) -> tuple[dict[str, int], dict[str, int], list[dict]]:
     """Rows and bytes per non-empty reason (`reasons`: an Arrow array aligned with ds) and the
     first `samples` of each with their provenance (`describe(index)` adds to a sample)."""
     sums = pa.table({"reason": reasons, "n_bytes": ds.with_format("arrow")["n_bytes"]}).group_by("reason").aggregate(

@@ -116,13 +116,13 @@ class NGramLM(CausalLM):
                     earlier[:, shift:] = idx[:, :idx.size(1) - shift]
                 context = earlier * V ** (k - 2) + context
             has_history = (positions >= k - 2).expand_as(idx)  # (B, T): k-1 tokens exist
-            total, found = _lookup(getattr(self, f"context_keys_{k}"), getattr(self, f"context_totals_{k}"), context)
-            types, _ = _lookup(getattr(self, f"context_keys_{k}"), getattr(self, f"context_types_{k}"), context)
-            count, _ = _lookup(getattr(self, f"gram_keys_{k}"), getattr(self, f"gram_counts_{k}"),
-                               context.unsqueeze(-1) * V + words)
+            at, found = _find(getattr(self, f"context_keys_{k}"), context)  # one search for both columns
+            total = torch.where(found, getattr(self, f"context_totals_{k}")[at], 1.0).unsqueeze(-1)  # (B, T, 1)
+            types = torch.where(found, getattr(self, f"context_types_{k}")[at], 0.0).unsqueeze(-1)
+            at, seen = _find(getattr(self, f"gram_keys_{k}"), context.unsqueeze(-1) * V + words)
+            count = torch.where(seen, getattr(self, f"gram_counts_{k}")[at], 0.0)
             discount = self.discounts[k - 1]
-            total = torch.where(found, total, torch.ones_like(total)).unsqueeze(-1)  # (B, T, 1)
-            smoothed = ((count - discount).clamp(min=0) + discount * types.unsqueeze(-1) * p) / total
+            smoothed = ((count - discount).clamp(min=0) + discount * types * p) / total
             p = torch.where((found & has_history).unsqueeze(-1), smoothed, p)
         return p
 
@@ -150,11 +150,11 @@ def _stream_keys(tokens: torch.Tensor, k: int, V: int) -> torch.Tensor:
     return keys
 
 
-def _lookup(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """values[i] where keys[i] == query (keys sorted), else 0; and whether it was found."""
+def _find(keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each query sits in the sorted keys, and whether it is there (index 0 when not)."""
     if keys.numel() == 0:
-        return torch.zeros(query.shape, device=query.device), torch.zeros(query.shape, dtype=torch.bool,
-                                                                          device=query.device)
+        return torch.zeros(query.shape, dtype=torch.long, device=query.device), torch.zeros(
+            query.shape, dtype=torch.bool, device=query.device)
     at = torch.searchsorted(keys, query.reshape(-1)).clamp(max=keys.numel() - 1).view(query.shape)
     found = keys[at] == query
-    return torch.where(found, values[at], torch.zeros_like(values[at])), found
+    return torch.where(found, at, 0), found

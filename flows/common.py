@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -18,7 +20,8 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner
 
-from lm_tasks.config import ConfigError, RunnerConfig, load_config
+from lm_tasks.config import ConfigError, LifecycleConfig, RunnerConfig, load_config
+from lm_tasks.redaction import install_log_filter, redact, secrets_in
 from lm_tasks.stages import StageResult
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -49,7 +52,11 @@ def stage_task(name: str, **options):
 
     def decorate(fn: Callable[..., StageResult]):
         def run(*args, **kwargs):
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as err:
+                redact_exception(err)  # before Prefect stores its message in the task run's state
+                raise
             report = Path(result.output_dir) / "report.md"
             if report.is_file():
                 create_markdown_artifact(report.read_text(), key=f"{name}-report",
@@ -64,6 +71,26 @@ def stage_task(name: str, **options):
         return task(name=name, cache_policy=NO_CACHE, **RETRY_POLICY, **options)(run)
 
     return decorate
+
+
+def flow_config(overrides: list[str] | None) -> LifecycleConfig:
+    """The flow's validated config; from here on no log line of this process carries a secret
+    from it (a deployment run starts here, not in run_cli)."""
+    cfg = load_config(overrides or [])
+    install_log_filter()
+    return cfg
+
+
+def redact_exception(err: BaseException) -> None:
+    """Mask secrets in an exception's message (and its causes') before anything records it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if redact(str(err)) != str(err):
+            err.args = tuple(redact(a) if isinstance(a, str) else a for a in err.args)
+            if isinstance(getattr(err, "message", None), str):  # MlflowException formats its `message`
+                err.message = redact(err.message)
+        err = err.__cause__ or err.__context__
 
 
 def result_of(returned: StageResult | State) -> StageResult:
@@ -106,7 +133,7 @@ def stage_flow(name: str, stage_function: Callable[..., StageResult]):
 
     @flow(name=name)
     def stage_alone(overrides: list[str] | None = None) -> dict:
-        cfg = load_config(overrides or [])
+        cfg = flow_config(overrides)
         with stage_runner(cfg.runner) as runner:
             return asdict(run_stage(runner, stage, cfg=cfg))
 
@@ -126,11 +153,27 @@ def sweep(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
+def stash_secrets(overrides: list[str]) -> list[str]:
+    """Credentials typed on the command line move into this process's environment, and the
+    override reads them back by interpolation: the flow's parameters, which Prefect stores,
+    then hold none. (Subprocesses and local Dask workers inherit the environment.)"""
+    stashed = []
+    for override in overrides:
+        for secret in secrets_in(override):
+            if "${" not in secret:  # already an interpolation
+                variable = f"LM_TASKS_SECRET_{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+                os.environ[variable] = secret
+                override = override.replace(secret, "${oc.env:%s}" % variable)
+        stashed.append(override)
+    return stashed
+
+
 def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
     """`python -m flows.<name> [-m] [overrides]`: run the flow once, or once per sweep job."""
+    install_log_filter()
     args = list(sys.argv[1:] if argv is None else argv)
     multirun = any(a in MULTIRUN_FLAGS for a in args)
-    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    overrides = stash_secrets([a for a in args if a not in MULTIRUN_FLAGS])
     jobs = sweep(overrides) if multirun else [overrides]
     try:
         for job in jobs:  # fail fast, before any flow starts, on a bad override
@@ -140,9 +183,9 @@ def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
                 print(f"[multirun] job {number + 1}/{len(jobs)}: {' '.join(job)}", flush=True)
             flow(overrides=job)
     except ConfigError as err:
-        sys.exit(f"Configuration error: {err}")
+        sys.exit(redact(f"Configuration error: {err}"))
     except Exception as err:  # the traceback is in the flow's log above
-        sys.exit(f"{flow.name} failed: {type(err).__name__}: {err}")
+        sys.exit(redact(f"{flow.name} failed: {type(err).__name__}: {err}"))
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM turned into an exit by Lightning
         sys.exit(f"{flow.name} interrupted ({type(err).__name__}); run the same command again to resume")
 

@@ -13,9 +13,8 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import run_cli, run_stage, stage_runner, stage_task
+from flows.common import flow_config, run_cli, run_stage, stage_runner, stage_task
 from lm_tasks import stages
-from lm_tasks.config import load_config
 
 finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.run_finetune)
 
@@ -23,7 +22,7 @@ finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.r
 @flow(name="finetune")
 def finetune_flow(overrides: list[str] | None = None) -> dict:
     """Fine-tune every selected task alone (top-level MLflow runs tagged stage=finetune)."""
-    cfg = load_config(overrides or [])
+    cfg = flow_config(overrides)
     if not cfg.finetune:
         raise ValueError("No task selected: pass task=<name> (or finetune=[a,b])")
     with stage_runner(cfg.runner) as runner:

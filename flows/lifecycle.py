@@ -19,7 +19,7 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import run_cli, run_stage, stage_runner, summary_markdown
+from flows.common import flow_config, run_cli, run_stage, stage_runner, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -27,13 +27,12 @@ from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
 from lm_tasks import promotion, tracking
 from lm_tasks.cache import StageCache
-from lm_tasks.config import load_config
 from lm_tasks.stages import lifecycle_key
 
 
 @flow(name="lifecycle")
 def lifecycle(overrides: list[str] | None = None) -> dict:
-    cfg = load_config(overrides or [])
+    cfg = flow_config(overrides)
     gate = promotion.gate_part(cfg.promotion, list(cfg.finetune)) if cfg.promotion.enabled else None  # fail early
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.paths.output_dir) / "config.yaml").write_text(cfg.resolved_yaml)

@@ -21,6 +21,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lm_tasks.redaction import redact, remember
+
 CONF_DIR = Path(os.environ.get("LM_TASKS_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 ENTRY_CONFIG = "lifecycle"
 
@@ -432,6 +434,7 @@ class LifecycleConfig:
     resolved_yaml: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        _check_places(self)
         family = self.model.family
         if family == "ngram":  # the key-width rule lives with the model; checked here before any stage runs
             from lm_tasks.models.ngram import NGramConfig
@@ -460,7 +463,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             cfg = compose(config_name=ENTRY_CONFIG, overrides=overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_explain(err, overrides)) from None
+        raise ConfigError(redact(_explain(err, overrides))) from None
     return cfg
 
 
@@ -472,8 +475,9 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
         typed = OmegaConf.merge(schema, cfg)
         config: LifecycleConfig = OmegaConf.to_object(typed)
     except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err, overrides)) from None
-    config.resolved_yaml = OmegaConf.to_yaml(cfg)
+        raise ConfigError(redact(_explain(err, overrides))) from None
+    remember(OmegaConf.to_container(cfg))  # the resolved config may carry credentials (tracking_uri)
+    config.resolved_yaml = redact(OmegaConf.to_yaml(cfg))  # what the record keeps, secrets masked
     return config
 
 
@@ -482,8 +486,38 @@ def config_from_dict(tree: dict) -> LifecycleConfig:
     tree = dict(tree)
     resolved = tree.pop("resolved_yaml", "")
     config: LifecycleConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LifecycleConfig), tree))
+    remember(tree)
     config.resolved_yaml = resolved
     return config
+
+
+# --- places ------------------------------------------------------------------
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_places(cfg: LifecycleConfig) -> None:
+    """Outputs stay where the config says and never inside the cache store (or around it):
+    `name` is a plain folder name, no path climbs with '..', and no output folder overlaps a
+    cache folder, because stages replace what they find at their output paths."""
+    if not NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+        raise ConfigError(f"name={cfg.name!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
+                          "no '/' or leading dot): it names outputs/<name>/ and the MLflow experiment")
+    places = {f"paths.{key}": value for key, value in vars(cfg.paths).items()}
+    protected = {"cache.staging_dir": cfg.cache.staging_dir}
+    if "://" not in cfg.cache.store:
+        protected["cache.store"] = cfg.cache.store
+    for key, value in {**places, **protected}.items():
+        if ".." in Path(value).parts:
+            raise ConfigError(f"{key}={value!r} climbs with '..': give the folder as an absolute path")
+    for key, value in places.items():
+        if key == "paths.root_dir":
+            continue
+        for other, folder in protected.items():
+            a, b = Path(value).absolute(), Path(folder).absolute()
+            if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+                raise ConfigError(f"{key}={value!r} overlaps {other}={folder!r}: stage outputs and the cache "
+                                  f"must live apart; choose another name (now {cfg.name!r}) or path")
 
 
 # --- helpers -----------------------------------------------------------------

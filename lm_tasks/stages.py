@@ -17,6 +17,7 @@ A stage run alone finds its inputs by their keys: `find(cfg, "pretrain")`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,6 +32,8 @@ from lm_tasks.artifacts import file_digest, files_digest, write_json
 from lm_tasks.cache import StageCache, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
+
+log = logging.getLogger(__name__)
 
 # Trainer keys that change how a run is logged, fed or launched, never what it learns.
 NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
@@ -444,20 +447,31 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
     return _result(entry.manifest, cached=True)
 
 
+def _made_by_us(link: Path, cache_root: Path) -> bool:
+    if not link.is_symlink():
+        return False
+    return Path(os.readlink(link)).is_relative_to(cache_root.resolve())  # links are made to resolved paths
+
+
 def _result(manifest: dict, cached: bool) -> StageResult:
     known = {f.name for f in fields(StageResult)}
     return StageResult(**{**{k: v for k, v in manifest.items() if k in known}, "cached": cached})
 
 
 def _link_latest(cfg: LifecycleConfig, stage: str, target: Path) -> None:
-    """Point paths.<stage>_dir (finetune_dir/<task> for a task) at the stage's latest output."""
+    """Point paths.<stage>_dir (finetune_dir/<task> for a task) at the stage's latest output.
+    Only a link into the cache (one this function made) is ever replaced: never a real
+    folder or someone else's link."""
+    cache_root = StageCache(cfg.cache).local
     family, _, task = stage.partition(":")
     folder = {"data": cfg.paths.data_dir, "tokenizer": cfg.paths.tokenizer_dir, "pretrain": cfg.paths.pretrain_dir,
               "finetune": cfg.paths.finetune_dir, "evaluate": cfg.paths.eval_dir}[family]
     link = Path(folder) / task if task else Path(folder)
     link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_dir() and not link.is_symlink():
-        shutil.rmtree(link)  # an output folder of an earlier, uncached version
+    if (link.exists() or link.is_symlink()) and not _made_by_us(link, cache_root):
+        log.warning("Not linking %s to the latest %s output: it is not a link this project made (it points "
+                    "outside the cache, or is a real folder or file); the output is at %s", link, stage, target)
+        return
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.resolve(), target_is_directory=True)

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from lm_tasks.artifacts import write_json
 from lm_tasks.config import DataConfig, LifecycleConfig, TrackingConfig
+from lm_tasks.redaction import redact, redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
     family = stage.split(":")[0]  # finetune:classification is tagged stage=finetune
     all_tags = {"stage": family, "host": socket.gethostname(), "pid": str(os.getpid()),  # who ran it
                 **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else name,
-                           parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=all_tags)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else redact(name),
+                           parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=redact_tree(all_tags))
     if resume_from is not None:
         write_json(resume_from, {"run_id": run.info.run_id})
     try:
@@ -149,7 +150,7 @@ def unfinished_lifecycle(cfg: LifecycleConfig, key: str) -> str | None:
 def log_params(params: dict) -> None:
     items = list(params.items())
     for start in range(0, len(items), PARAMS_PER_CALL):
-        mlflow.log_params(dict(items[start:start + PARAMS_PER_CALL]))
+        mlflow.log_params({k: redact(str(v)) for k, v in items[start:start + PARAMS_PER_CALL]})
 
 
 def log_metrics(metrics: dict, prefix: str = "", step: int | None = None) -> None:

@@ -28,12 +28,14 @@ from pathlib import Path
 
 from lm_tasks.artifacts import read_json, write_json
 from lm_tasks.config import ConfigError, LifecycleConfig, TrainerConfig, config_from_dict
+from lm_tasks.redaction import redact_tree
 from lm_tasks.training.distributed import world_size
 
 log = logging.getLogger(__name__)
 
 REQUEST, SUMMARY, JOIN = "launch_request.json", "train_summary.json", "join.sh"
 DEFAULT_RDZV_PORT = 29400
+TRACKING_URI_ENV = "LM_TASKS_TRACKING_URI"  # the unredacted URI, from the launching process to its workers
 
 
 def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tracking_uri: str,
@@ -48,9 +50,7 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
         summary = _train(job, cfg, inputs, out_dir, MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id))
         write_json(out_dir / SUMMARY, summary)
         return summary
-    request = out_dir / REQUEST
-    write_json(request, {"job": job, "config": asdict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
-                         "out_dir": str(out_dir), "tracking_uri": tracking_uri, "run_id": run_id})
+    request = write_request(out_dir, job, cfg, inputs, tracking_uri, run_id)
     command = launch_command(cfg.trainer, launcher, request, rdzv_id=run_id)
     if launcher == "torchrun" and cfg.trainer.num_nodes > 1:
         join = out_dir / JOIN
@@ -60,11 +60,26 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
         log.warning("%s: waiting for %d more node(s) to join at %s: on each, run  sh %s", job,
                     cfg.trainer.num_nodes - 1, rendezvous_endpoint(cfg.trainer), join)
     log.info("%s: %d processes: %s", job, world_size(cfg.trainer), shlex.join(command))
-    result = subprocess.run(command)
+    result = subprocess.run(command, env={**os.environ, TRACKING_URI_ENV: tracking_uri})
     if result.returncode != 0:
         raise RuntimeError(f"Distributed {job} failed (exit {result.returncode}); its log is above. "
                            f"Command: {shlex.join(command)}")
     return read_json(out_dir / SUMMARY)
+
+
+def write_request(out_dir: Path, job: str, cfg: LifecycleConfig, inputs: dict, tracking_uri: str,
+                  run_id: str) -> Path:
+    """The workers' request file. It lands in the stage's folder, and so in the shared cache
+    store: no secret goes in. Workers get the real tracking URI from their environment."""
+    request = out_dir / REQUEST
+    write_json(request, redact_tree({"job": job, "config": asdict(cfg), "out_dir": str(out_dir),
+                                     "inputs": {k: str(v) for k, v in inputs.items()},
+                                     "tracking_uri": tracking_uri, "run_id": run_id}))
+    return request
+
+
+def worker_tracking_uri(request: dict) -> str:
+    return os.environ.get(TRACKING_URI_ENV, request["tracking_uri"])
 
 
 def resolve_launcher(t: TrainerConfig) -> str:
@@ -118,7 +133,7 @@ def main(request_path: str) -> None:
     request = read_json(request_path)
     cfg = config_from_dict(request["config"])
     rank_zero = global_rank() == 0
-    logger = MLFlowLogger(tracking_uri=request["tracking_uri"], run_id=request["run_id"]) if rank_zero else False
+    logger = MLFlowLogger(tracking_uri=worker_tracking_uri(request), run_id=request["run_id"]) if rank_zero else False
     summary = _train(request["job"], cfg, request["inputs"], Path(request["out_dir"]), logger)
     if rank_zero:
         write_json(Path(request["out_dir"]) / SUMMARY, summary)

@@ -40,3 +40,17 @@ def test_finetune_task_alias():
     from flows.finetune import task_alias
 
     assert task_alias(["task=classification", "seed=1"]) == ["finetune=classification", "seed=1"]
+
+
+def test_name_inside_the_cache_is_refused_and_deletes_nothing(tmp_path):
+    entry = tmp_path / "outputs" / "cache" / "data" / "0123abcd"
+    entry.mkdir(parents=True)
+    (entry / "stage.json").write_text("{}")
+    for name in ("cache", "../../x"):
+        result = subprocess.run([sys.executable, "-m", "flows.data", f"name={name}", f"paths.root_dir={tmp_path}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("Configuration error: ") and repr(name) in last
+    assert (entry / "stage.json").read_text() == "{}"
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["cache"]

@@ -32,6 +32,8 @@ PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store; return the experiment id (created if new)."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
+    if redact(cfg.tracking_uri) != cfg.tracking_uri:  # MLflow prints run links built from the URI, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with _store_lock(cfg.tracking_uri):
         return _experiment_id(cfg)
 

@@ -25,7 +25,7 @@ from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
 from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
-from lm_tasks import promotion, tracking
+from lm_tasks import lineage, promotion, tracking
 from lm_tasks.cache import StageCache
 from lm_tasks.stages import lifecycle_key
 
@@ -52,20 +52,23 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
         results = [data, tokens, pretrained, *tuned.values(), evaluated]
 
         cached = [r.stage for r in results if r.cached]
-        mlflow.set_tags({"cached_stages": ",".join(cached) or "none",
-                         **{f"stage.{r.stage}.run_id": r.run_id for r in results}})
+        mlflow.set_tags({"cached_stages": ",".join(cached) or "none", **lineage.tags(results)})
         tracking.log_metrics({"lifecycle/cached_stages": len(cached), "lifecycle/stages": len(results),
                               **evaluated.metrics, **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
         summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
+        decision = None
         if gate is not None:
             model = pretrained if gate == "lm" else tuned[gate]
-            decision = promotion.promote(cfg.promotion, evaluated.metrics, model.run_id, model.digest)
+            model_name = promotion.registered_model_name(cfg.promotion, cfg.name)
+            decision = promotion.promote(cfg.promotion, model_name, evaluated.metrics, model)
             promotion.record(decision)
             summary += "\n### Promotion\n\n" + promotion.markdown(decision)
         mlflow.log_text(summary, "summary.md")
-    create_markdown_artifact(summary, key="lifecycle-summary", description="Stages, durations, key metrics")
-    print(summary, flush=True)
+        create_markdown_artifact(summary, key="lifecycle-summary", description="Stages, durations, key metrics")
+        print(summary, flush=True)
+        if decision is not None:
+            promotion.raise_on_error(decision)  # inside the run: the lifecycle run ends FAILED, the flow Failed
     return {r.stage: asdict(r) for r in results}
 
 

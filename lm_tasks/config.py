@@ -365,7 +365,7 @@ class EvalConfig:
 @dataclass
 class TrackingConfig:
     tracking_uri: str
-    artifact_location: str
+    artifact_location: Optional[str]
     experiment_name: str
     run_name: Optional[str]
 
@@ -390,11 +390,12 @@ class CacheConfig:
 @dataclass
 class PromotionConfig:
     enabled: bool
-    model_name: str
+    model_name: Optional[str]  # None: <name>-<gated part>, resolved by lm_tasks.promotion
     alias: str
     metric: str
     mode: str
     margin: float
+    force: bool
 
     def __post_init__(self) -> None:
         _check_choice("promotion.mode", self.mode, ("min", "max"))

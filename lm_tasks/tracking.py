@@ -59,13 +59,23 @@ def _experiment_id(cfg: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = cfg.artifact_location
-    if "://" not in artifacts:
-        artifacts = Path(artifacts).resolve().as_uri()
     try:
-        return mlflow.create_experiment(cfg.experiment_name, artifact_location=artifacts)
+        return mlflow.create_experiment(cfg.experiment_name, artifact_location=_artifact_location(cfg))
     except MlflowException:  # created meanwhile by a concurrent run
         return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+
+
+def _artifact_location(cfg: TrackingConfig) -> str | None:
+    """Where a new experiment's artifacts go: the configured location; else `artifacts/`
+    beside a SQLite database; else None, and the store decides (a tracking server its own,
+    possibly proxied, artifact store, which everyone using the server can read)."""
+    location = cfg.artifact_location
+    if location is None and cfg.tracking_uri.startswith("sqlite:///"):
+        database = cfg.tracking_uri.removeprefix("sqlite:///").split("?")[0]
+        location = str(Path(database).parent / "artifacts")
+    if location is None or "://" in location:
+        return location
+    return Path(location).resolve().as_uri()
 
 
 def default_run_name(cfg: LifecycleConfig) -> str:

@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from lm_tasks import lineage
 from lm_tasks.config import ConfigError, PromotionConfig
+from lm_tasks.redaction import redact
 from lm_tasks.stages import StageResult
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def _finite(tag: str | None) -> float | None:
 
 
 def _decided(result: dict, decision: str, reason: str) -> dict:
-    result.update(decision=decision, reason=reason[:REASON_CHARS])
+    result.update(decision=decision, reason=redact(reason)[:REASON_CHARS])  # registry errors may quote the URI
     champion = "none" if result["champion"] is None else f"{result['champion']:.4g}"
     level = logging.ERROR if decision == ERROR else logging.INFO
     log.log(level, "promotion: %s %s v%s (%s %.4g vs champion %s): %s", decision, result["model"],

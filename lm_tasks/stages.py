@@ -29,7 +29,7 @@ import mlflow
 
 from lm_tasks import tracking
 from lm_tasks.artifacts import file_digest, files_digest, write_json
-from lm_tasks.cache import StageCache, stage_key
+from lm_tasks.cache import Entry, StageCache, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 
@@ -412,7 +412,7 @@ def find(cfg: LifecycleConfig, stage: str, task: str | None = None) -> StageResu
             f"No cached output of the {name} stage for this configuration (key {key[:12]}) in "
             f"{cfg.cache.store}. Run it first with the same overrides: {command} ..."
         )
-    return _result(entry.manifest, cached=True)
+    return _result(entry)
 
 
 def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
@@ -444,7 +444,7 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
                     _link_latest(cfg, stage, entry.path)
                     return result
     _link_latest(cfg, stage, entry.path)
-    return _result(entry.manifest, cached=True)
+    return _result(entry)
 
 
 def _made_by_us(link: Path, cache_root: Path) -> bool:
@@ -453,9 +453,12 @@ def _made_by_us(link: Path, cache_root: Path) -> bool:
     return Path(os.readlink(link)).is_relative_to(cache_root.resolve())  # links are made to resolved paths
 
 
-def _result(manifest: dict, cached: bool) -> StageResult:
+def _result(entry: Entry) -> StageResult:
+    """A cached entry's result. Its folder is where the entry is on this machine, not the
+    `output_dir` its manifest recorded on the machine that computed it (a shared store)."""
     known = {f.name for f in fields(StageResult)}
-    return StageResult(**{**{k: v for k, v in manifest.items() if k in known}, "cached": cached})
+    return StageResult(**{**{k: v for k, v in entry.manifest.items() if k in known},
+                          "output_dir": str(entry.path), "cached": True})
 
 
 def _link_latest(cfg: LifecycleConfig, stage: str, target: Path) -> None:

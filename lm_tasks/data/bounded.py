@@ -46,6 +46,17 @@ def chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+def starts_json_array(f: BinaryIO) -> bool:
+    """Whether the first non-blank byte is "["; the file is read from its start again after."""
+    try:
+        for chunk in chunks(f):
+            if chunk.strip():
+                return chunk.lstrip().startswith(b"[")
+        return False
+    finally:
+        f.seek(0)
+
+
 def lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes | Oversized, int]]:
     """Every line with its end (CRLF, CR or LF end a line) and its size; a line longer
     than `limit` comes as an `Oversized`. A CRLF split across two chunks yields the LF

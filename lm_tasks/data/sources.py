@@ -46,7 +46,7 @@ from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.bounded import BOM, Oversized, chunks, csv_records, json_array, lines
+from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines, starts_json_array
 from lm_tasks.data.cleaning import StepReport
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
@@ -261,7 +261,7 @@ def _paragraph(lines_: list[str] | None, path: str, start: int, size: int) -> di
 
 
 def _read_json(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]:
-    if _is_array(f):  # one JSON array of records, streamed one record at a time
+    if starts_json_array(f):  # one JSON array of records, streamed one record at a time
         try:
             for number, (data, size, line) in enumerate(json_array(f, limit, path), start=1):
                 if data is None:
@@ -291,17 +291,6 @@ def _read_json(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict
             raise DataSourceError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
                                   "fix or remove that line") from None
         yield _record(_field(record, column, path, f"line {number}"), path, number)
-
-
-def _is_array(f: BinaryIO) -> bool:
-    """Whether the first non-blank byte is "["; the file is read from its start again after."""
-    try:
-        for chunk in chunks(f):
-            if chunk.strip():
-                return chunk.lstrip().startswith(b"[")
-        return False
-    finally:
-        f.seek(0)
 
 
 def _field(record, column: str, path: str, where: str) -> str:

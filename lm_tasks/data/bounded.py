@@ -38,12 +38,23 @@ class Oversized:
 
 def chunks(f: BinaryIO) -> Iterator[bytes]:
     """The file in CHUNK-sized pieces, a leading UTF-8 BOM dropped."""
-    first = True
+    first = f.read(max(CHUNK, len(BOM)))
+    if first:
+        yield first.removeprefix(BOM)
     while chunk := f.read(CHUNK):
-        if first and chunk.startswith(BOM):
-            chunk = chunk[len(BOM):]
-        first = False
         yield chunk
+
+
+def _whole_line_ends(f: BinaryIO) -> Iterator[bytes]:
+    """`chunks`, moved so that none ends between the CR and the LF of a CRLF."""
+    pending = b""
+    for chunk in chunks(f):
+        chunk = pending + chunk
+        pending = b"\r" if chunk.endswith(b"\r") else b""
+        if len(chunk) > len(pending):
+            yield chunk[:len(chunk) - len(pending)]
+    if pending:
+        yield pending
 
 
 def starts_json_array(f: BinaryIO) -> bool:
@@ -59,20 +70,17 @@ def starts_json_array(f: BinaryIO) -> bool:
 
 def lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes | Oversized, int]]:
     """Every line with its end (CRLF, CR or LF end a line) and its size; a line longer
-    than `limit` comes as an `Oversized`. A CRLF split across two chunks yields the LF
-    as part of no line (the line ends at the CR)."""
+    than `limit` comes as an `Oversized`."""
     kept: list[bytes] | None = []  # the current line's pieces while it is within the limit
     skipped = Oversized()
     size = 0
-    after_cr = False
-    for chunk in chunks(f):
-        start = 1 if after_cr and chunk.startswith(b"\n") else 0
-        for match in _LINE_END.finditer(chunk, start):
+    for chunk in _whole_line_ends(f):
+        start = 0
+        for match in _LINE_END.finditer(chunk):
             piece = chunk[start:match.end()]
             size += len(piece)
             yield _line(kept, skipped, piece, size, limit), size
             kept, skipped, size, start = [], Oversized(), 0, match.end()
-        after_cr = chunk.endswith(b"\r")
         rest = chunk[start:]
         size += len(rest)
         if kept is not None and size <= limit:

@@ -130,7 +130,7 @@ def test_a_jsonl_line_past_the_limit_is_refused_naming_file_and_line(tmp_path):
 def test_a_csv_field_that_never_closes_is_refused(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10)) + '"open quote\n'
-                    + "line\n" * (HUGE // 5))
+                    + ("x" * 1023 + "\n") * (HUGE // 1024 + 1))
     with pytest.raises(DataSourceError, match=r"train.csv:12: a record of"):
         load_task_data(local_cfg(path), seed=0)
 

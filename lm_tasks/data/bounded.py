@@ -17,9 +17,10 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-# Inside a JSON string only a quote or a backslash matters; outside it, structure.
-_IN_STRING = re.compile(rb'["\\]')
+# The rest of a JSON string up to its closing quote (escapes skipped), and outside strings, structure.
+_STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
 _STRUCTURE = re.compile(rb'["\[\]{},]')
+_BACKSLASH = ord("\\")
 
 Record = tuple[bytes | None, int, int]
 
@@ -129,43 +130,49 @@ def json_array(f: BinaryIO, limit: int, path: str) -> Iterator[Record]:
     one at a time: the bytes of each element (not yet parsed), found by tracking strings
     and nesting. An array that does not close is a ValueError naming `path`."""
     element = _Element(1, limit)
-    line = 1
+    line = 1  # the line `start` is on
     depth = -1  # -1: before the array's "["; 0: between its elements
     in_string = escaped = False
     for chunk in chunks(f):
         pos = start = 0
         while pos < len(chunk):
-            if escaped:  # the byte after a backslash in a string
+            if escaped:  # the byte after a backslash that ended the last chunk
                 pos, escaped = pos + 1, False
                 continue
-            match = (_IN_STRING if in_string else _STRUCTURE).search(chunk, pos)
+            if in_string:
+                pos = _STRING_BODY.match(chunk, pos).end()
+                if pos < len(chunk):  # at the closing quote, or at a backslash ending the chunk
+                    escaped = in_string = chunk[pos] == _BACKSLASH
+                    pos += 1
+                continue
+            match = _STRUCTURE.search(chunk, pos)
             if match is None:
                 break
             pos, char = match.end(), match.group()
-            if in_string:
-                escaped, in_string = char == b"\\", char != b'"'
-            elif char == b'"':
+            if char == b'"':
                 in_string = True
             elif depth < 0:  # the opening "["
-                depth, start, element = 0, pos, _Element(line + chunk.count(b"\n", 0, pos), limit)
+                line += chunk.count(b"\n", start, pos)
+                depth, start, element = 0, pos, _Element(line, limit)
             elif char in (b"[", b"{"):
                 depth += 1
             elif depth > 0:
                 if char != b",":  # a comma inside an element does not end it
                     depth -= 1
             elif char == b"}":
-                where = line + chunk.count(b"\n", 0, pos)
+                where = line + chunk.count(b"\n", start, pos)
                 raise ValueError(f"{path}:{where}: unbalanced '}}' in the JSON array")
             else:  # "," or the closing "]" of the array: an element ends
                 element.add(chunk[start:match.start()])
                 if element.pieces is None or element.started or char == b",":
                     yield element.data(), element.size, element.line
-                start, element = pos, _Element(line + chunk.count(b"\n", 0, pos), limit)
+                line += chunk.count(b"\n", start, pos)
+                start, element = pos, _Element(line, limit)
                 if char == b"]":
                     return
         if depth >= 0:
             element.add(chunk[start:])
-        line += chunk.count(b"\n")
+        line += chunk.count(b"\n", start)
     raise ValueError(f"{path}:{line}: the JSON array does not end (no closing ']')")
 
 

@@ -135,6 +135,7 @@ class DataConfig:
     val_ratio: float
     max_rows: Optional[int]
     max_bytes: Optional[int]
+    max_record_bytes: int
     streaming: bool
     shard_rows: int
     num_proc: int
@@ -157,6 +158,8 @@ class DataConfig:
         for key in ("max_rows", "max_bytes"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be >= 1 or null, got {getattr(self, key)}")
+        if self.max_record_bytes < 1:
+            raise ConfigError(f"data.max_record_bytes must be >= 1, got {self.max_record_bytes}")
         if self.shard_rows < 1:
             raise ConfigError(f"data.shard_rows must be >= 1, got {self.shard_rows}")
 

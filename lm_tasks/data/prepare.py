@@ -43,12 +43,13 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
     (out_dir / MANIFEST).unlink(missing_ok=True)  # written last: its presence means the output is whole
     scratch = out_dir / ".scratch"  # Arrow files of the intermediate steps; removed at the end
     try:
-        raw = load_raw(cfg, scratch)
+        raw, reads = load_raw(cfg, scratch)
         cleaned, steps, lengths = {}, {}, {}
         for split, ds in raw.items():
             _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg, split)}")
             lengths[split] = {"read": _text_bytes(ds)}
             cleaned[split], steps[split] = clean_split(ds, cfg.cleaning, cfg.num_proc)
+            steps[split].insert(0, reads[split])  # records skipped while reading (too long to read)
             _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
         if "validation" not in cleaned:
             cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)

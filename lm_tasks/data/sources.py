@@ -6,37 +6,59 @@ provides one, a "validation" split, each with three columns:
     text     the raw text of one row
     source   where it came from: a file path, `hub:<name>[/<config>]:<split>`, `embedded:...`
     row      its place there: the first line (1-based) of a txt paragraph or jsonl/csv
-             record, the row index of a parquet file or Hub split
+             record, the record number (1-based) in a .json array, the row index of a
+             parquet file or Hub split
 
-Local files are read by streaming readers (one record at a time, never a whole file
-unless `txt_sample_by=document`), so errors can name the file and line:
+and a "read" step report per split that counts the records skipped for being longer
+than `data.max_record_bytes` (`oversized_record`, with their file and line in the samples).
+
+Local files come from untrusted hands: they are read by bounded streaming readers
+(lm_tasks/data/bounded.py) that never hold more than `data.max_record_bytes` of one
+record, whatever the file holds; a longer record is read past in chunks, skipped and
+counted, before anything is decoded or normalised. Errors name the file and line:
 - txt: decoded as UTF-8 with invalid bytes replaced by U+FFFD (normalisation then
   removes them and counts the rows); a leading BOM is dropped; CRLF, CR and LF all
-  end a line.
+  end a line. A paragraph (or, with `txt_sample_by=document`, the whole file) is one record.
 - jsonl: a line that is not valid JSON, or a record without the text field, is an
   error naming the file and line. Empty lines are skipped. A .json file holding one
-  JSON array is read whole; its rows are numbered by record (1-based).
-- csv, parquet: a missing text column is an error naming the file and its columns.
-`max_rows` / `max_bytes` stop reading early; with `streaming=true` a Hub dataset is
-streamed, so only what is taken is downloaded.
+  JSON array is streamed record by record; its rows are numbered by record (1-based).
+- csv: a record runs over line ends while a double quote is open (RFC 4180); a missing
+  text column is an error naming the file and its columns.
+- parquet: read in small batches; a cell longer than the limit is skipped.
+Hub rows longer than the limit are skipped too. `max_rows` / `max_bytes` stop reading
+early; with `streaming=true` a Hub dataset is streamed, so only what is taken is downloaded.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from lm_tasks.config import DataConfig
+from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines, starts_json_array
+from lm_tasks.data.cleaning import StepReport
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
 
-FEATURES = Features({"text": Value("string"), "source": Value("string"), "row": Value("int64")})
+log = logging.getLogger(__name__)
+
+# `oversized`: 0, or the size in bytes of a record skipped for its size (removed by load_raw).
+FEATURES = Features({"text": Value("string"), "source": Value("string"), "row": Value("int64"),
+                     "oversized": Value("int64")})
 READERS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+CSV_FIELD_LIMIT = 1 << 17  # Python's default field limit: never lowered below it
+OVERSIZED = "oversized_record"
 
 
 class EmptyDataError(DataSourceError, ValueError):
@@ -47,8 +69,9 @@ class HubUnreachableError(DataSourceError, ConnectionError):
     """The Hub could not be reached (retried as an I/O error by the flows)."""
 
 
-def load_raw(cfg: DataConfig, scratch_dir: str | Path) -> DatasetDict:
-    """The raw rows of every split; Arrow files are written under `scratch_dir`."""
+def load_raw(cfg: DataConfig, scratch_dir: str | Path) -> tuple[DatasetDict, dict[str, StepReport]]:
+    """The raw rows of every split and the "read" step of each; Arrow files are written
+    under `scratch_dir`."""
     if cfg.source == "embedded":
         splits = {"train": _generate(_read_embedded, {}, cfg, scratch_dir)}
     elif cfg.source == "hub":
@@ -57,7 +80,35 @@ def load_raw(cfg: DataConfig, scratch_dir: str | Path) -> DatasetDict:
         splits = {"train": _load_files(cfg, cfg.files, "data.files", scratch_dir)}
         if cfg.validation_files:
             splits["validation"] = _load_files(cfg, cfg.validation_files, "data.validation_files", scratch_dir)
-    return DatasetDict(splits)
+    reads = {split: _drop_oversized(ds, split, cfg) for split, ds in splits.items()}
+    return DatasetDict({split: ds for split, (ds, _) in reads.items()}), {split: r for split, (_, r) in reads.items()}
+
+
+def _drop_oversized(ds: Dataset, split: str, cfg: DataConfig) -> tuple[Dataset, StepReport]:
+    """The rows within the record limit, and the "read" step counting the others."""
+    sizes = np.asarray(ds.with_format("numpy")["oversized"]) if len(ds) else np.zeros(0, dtype=np.int64)
+    skipped = np.flatnonzero(sizes)
+    kept = ds.select(np.flatnonzero(sizes == 0)) if len(skipped) else ds
+    kept = kept.remove_columns("oversized")
+    kept_bytes = int(pc.sum(pc.binary_length(pc.cast(kept.data.column("text"), "binary"))).as_py() or 0) \
+        if len(kept) else 0
+    report = StepReport("read", len(ds), len(kept), kept_bytes + int(sizes.sum()), kept_bytes)
+    if len(skipped):
+        first = ds.select(skipped[:max(cfg.cleaning.dropped_samples, 5)])
+        places = [f"{r['source']}:{r['row']} ({r['oversized']:,} B)" for r in first]
+        report.dropped, report.dropped_bytes = {OVERSIZED: len(skipped)}, {OVERSIZED: int(sizes.sum())}
+        report.samples = [{"reason": OVERSIZED, "source": r["source"], "row": r["row"], "text": "",
+                           "bytes": r["oversized"]} for r in first][:cfg.cleaning.dropped_samples]
+        log.warning("%s data: skipped %d record(s) longer than data.max_record_bytes=%d: %s%s", split,
+                    len(skipped), cfg.max_record_bytes, "; ".join(places[:5]), " ..." if len(skipped) > 5 else "")
+        if not len(kept):
+            raise EmptyDataError(
+                f"Every record of the {split} data from source '{cfg.name}' is longer than "
+                f"data.max_record_bytes={cfg.max_record_bytes} ({len(skipped)} skipped: {', '.join(places[:5])}). "
+                "Check the file (a txt file without blank lines is one paragraph; try data.txt_sample_by=line) "
+                "or raise data.max_record_bytes."
+            )
+    return kept, report
 
 
 def _generate(reader, kwargs: dict, cfg: DataConfig, scratch_dir: str | Path) -> Dataset:
@@ -81,8 +132,9 @@ def _limited(reader, kwargs: dict, max_rows: int | None, max_bytes: int | None) 
     for record in reader(**kwargs):
         if (max_rows is not None and rows >= max_rows) or (max_bytes is not None and n_bytes >= max_bytes):
             return
-        rows += 1
-        n_bytes += len(record["text"].encode("utf-8", errors="replace"))
+        if not record["oversized"]:  # a skipped record takes no share of what is read
+            rows += 1
+            n_bytes += len(record["text"].encode("utf-8", errors="replace"))
         yield record
 
 
@@ -91,7 +143,7 @@ def _limited(reader, kwargs: dict, max_rows: int | None, max_bytes: int | None) 
 
 def _read_embedded() -> Iterator[dict]:
     for i, text in enumerate(embedded_corpus()["text"]):
-        yield {"text": text, "source": "embedded:pydoc_data.topics", "row": i}
+        yield _record(text, "embedded:pydoc_data.topics", i)
 
 
 # --- the Hub -------------------------------------------------------------------------
@@ -119,16 +171,19 @@ def _load_hub(cfg: DataConfig, scratch_dir: str | Path) -> dict[str, Dataset]:
             raise DataSourceError(f"Hub dataset {label} split '{name}' has no column '{cfg.text_column}' "
                                   f"(columns: {columns}); set data.text_column to the column that holds the text")
         source = f"hub:{cfg.hub_name}" + (f"/{cfg.hub_config}" if cfg.hub_config else "") + f":{name}"
-        splits[split] = _generate(_read_rows, {"rows": loaded[name], "column": cfg.text_column, "source": source},
-                                  cfg, scratch_dir)
+        splits[split] = _generate(_read_rows, {"rows": loaded[name], "column": cfg.text_column, "source": source,
+                                               "limit": cfg.max_record_bytes}, cfg, scratch_dir)
     return splits
 
 
-def _read_rows(rows, column: str, source: str) -> Iterator[dict]:
+def _read_rows(rows, column: str, source: str, limit: int) -> Iterator[dict]:
     for i, record in enumerate(rows):
         if column not in record:
             raise DataSourceError(f"{source} row {i} has no column '{column}' (columns: {sorted(record)})")
-        yield {"text": record[column] or "", "source": source, "row": i}
+        text = record[column] or ""
+        # more characters than the limit is too long in bytes too: only shorter texts are encoded to measure
+        size = len(text) if len(text) > limit else len(text.encode("utf-8", errors="replace"))
+        yield _oversized(source, i, size) if size > limit else _record(text, source, i)
 
 
 # --- local files ---------------------------------------------------------------------
@@ -140,70 +195,102 @@ def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str
     if unknown:
         raise DataSourceError(f"Unsupported file type {unknown} in {key}; local files must be one of "
                               f"{list(READERS)}")
-    kwargs = {"files": files, "column": cfg.text_column, "sample_by": cfg.txt_sample_by}
+    kwargs = {"files": files, "column": cfg.text_column, "sample_by": cfg.txt_sample_by,
+              "limit": cfg.max_record_bytes}
     return _generate(_read_files, kwargs, cfg, scratch_dir)
 
 
-def _read_files(files: list[str], column: str, sample_by: str) -> Iterator[dict]:
+def _read_files(files: list[str], column: str, sample_by: str, limit: int) -> Iterator[dict]:
     for path in files:
         suffix = Path(path).suffix.lower()
-        if suffix == ".txt":
-            yield from _read_txt(path, sample_by)
-        elif suffix in (".jsonl", ".json"):
-            yield from _read_json(path, column)
-        elif suffix == ".csv":
-            yield from _read_csv(path, column)
-        else:
-            yield from _read_parquet(path, column)
+        if suffix == ".parquet":
+            yield from _read_parquet(path, column, limit)
+            continue
+        with open(path, "rb") as f:
+            if suffix == ".txt":
+                yield from _read_txt(f, path, sample_by, limit)
+            elif suffix in (".jsonl", ".json"):
+                yield from _read_json(f, path, column, limit)
+            else:
+                yield from _read_csv(f, path, column, limit)
 
 
-def _read_txt(path: str, sample_by: str) -> Iterator[dict]:
-    # newline="" splits at \n, \r\n and \r without translating (normalisation does that);
-    # utf-8-sig drops a leading BOM; invalid bytes become U+FFFD.
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        if sample_by == "document":
-            yield {"text": f.read(), "source": path, "row": 1}
-            return
-        paragraph: list[str] = []
-        start = 0
-        for number, line in enumerate(f, start=1):
-            if sample_by == "line":
-                if line.strip():
-                    yield {"text": line, "source": path, "row": number}
-                continue
-            if line.strip():
-                start = start or number
-                paragraph.append(line)
-            elif paragraph:
-                yield {"text": "".join(paragraph), "source": path, "row": start}
-                paragraph, start = [], 0
-        if paragraph:
-            yield {"text": "".join(paragraph), "source": path, "row": start}
+def _record(text: str, source: str, row: int) -> dict:
+    return {"text": text, "source": source, "row": row, "oversized": 0}
 
 
-def _read_json(path: str, column: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        head = f.read(1)
-        while head.isspace():
-            head = f.read(1)
-        f.seek(0)
-        if head == "[":  # a JSON array of records
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as err:
-                raise DataSourceError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            for number, record in enumerate(records, start=1):
-                yield {"text": _field(record, column, path, f"record {number}"), "source": path, "row": number}
-            return
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataSourceError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
-                                      "fix or remove that line") from None
-            yield {"text": _field(record, column, path, f"line {number}"), "source": path, "row": number}
+def _oversized(source: str, row: int, size: int) -> dict:
+    """A record longer than the limit: counted by its size, its text never read into memory."""
+    return {"text": "", "source": source, "row": row, "oversized": size}
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")  # invalid bytes become U+FFFD (normalisation counts them)
+
+
+def _read_txt(f: BinaryIO, path: str, sample_by: str, limit: int) -> Iterator[dict]:
+    if sample_by == "document":
+        data = f.read(limit + len(BOM) + 1).removeprefix(BOM)
+        size = os.fstat(f.fileno()).st_size
+        yield _oversized(path, 1, size) if len(data) > limit else _record(_decode(data), path, 1)
+        return
+    paragraph: list[str] | None = []  # None once the paragraph is past the limit
+    start = size = 0
+    for number, (line, n) in enumerate(lines(f, limit), start=1):
+        text = None if isinstance(line, Oversized) else _decode(line)
+        if sample_by == "line":
+            if text is None:
+                yield _oversized(path, number, n)
+            elif text.strip():
+                yield _record(text, path, number)
+        elif text is None or text.strip():
+            start, size = start or number, size + n
+            if paragraph is not None and text is not None and size <= limit:
+                paragraph.append(text)
+            else:
+                paragraph = None
+        elif start:
+            yield _paragraph(paragraph, path, start, size)
+            paragraph, start, size = [], 0, 0
+    if start:
+        yield _paragraph(paragraph, path, start, size)
+
+
+def _paragraph(lines_: list[str] | None, path: str, start: int, size: int) -> dict:
+    return _oversized(path, start, size) if lines_ is None else _record("".join(lines_), path, start)
+
+
+def _read_json(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]:
+    if starts_json_array(f):  # one JSON array of records, streamed one record at a time
+        try:
+            for number, (data, size, line) in enumerate(json_array(f, limit, path), start=1):
+                if data is None:
+                    yield _oversized(path, number, size)
+                    continue
+                try:
+                    record = json.loads(_decode(data))
+                except json.JSONDecodeError as err:
+                    raise DataSourceError(f"{path}:{line + err.lineno - 1}: record {number} is not valid JSON "
+                                          f"({err.msg})") from None
+                yield _record(_field(record, column, path, f"record {number}"), path, number)
+        except ValueError as err:  # the array's structure is broken
+            if isinstance(err, DataSourceError):
+                raise
+            raise DataSourceError(f"{err}; fix the file or write it as JSON lines") from None
+        return
+    for number, (line, n) in enumerate(lines(f, limit), start=1):
+        if isinstance(line, Oversized):
+            yield _oversized(path, number, n)
+            continue
+        text = _decode(line)
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataSourceError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
+                                  "fix or remove that line") from None
+        yield _record(_field(record, column, path, f"line {number}"), path, number)
 
 
 def _field(record, column: str, path: str, where: str) -> str:
@@ -215,20 +302,33 @@ def _field(record, column: str, path: str, where: str) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-def _read_csv(path: str, column: str) -> Iterator[dict]:
-    csv.field_size_limit(1 << 30)  # long documents are rows too
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.DictReader(f)
-        if column not in (reader.fieldnames or []):
-            raise DataSourceError(f"{path} has no column '{column}' (columns: {reader.fieldnames}); "
-                                  "set data.text_column to the column that holds the text")
-        first_line = reader.line_num + 1  # a quoted field may span lines: keep where the record starts
-        for record in reader:
-            yield {"text": record[column] or "", "source": path, "row": first_line}
-            first_line = reader.line_num + 1
+def _read_csv(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]:
+    # Records are cut at the limit before csv parses them; the field limit is a second guard.
+    csv.field_size_limit(max(limit, CSV_FIELD_LIMIT))
+    records = csv_records(f, limit)
+    header, _, _ = next(records, (b"", 0, 1))
+    if header is None:
+        raise DataSourceError(f"{path}: the header line is longer than data.max_record_bytes={limit}")
+    names = next(csv.reader(io.StringIO(_decode(header), newline="")), [])
+    if column not in names:
+        raise DataSourceError(f"{path} has no column '{column}' (columns: {names}); "
+                              "set data.text_column to the column that holds the text")
+    index = names.index(column)
+    for data, size, first in records:
+        if data is None:
+            yield _oversized(path, first, size)
+            continue
+        reader = csv.reader(io.StringIO(_decode(data), newline=""))
+        lines_before = 0  # a record with a stray quote may hold several rows
+        for values in reader:
+            if values:  # blank lines are no rows
+                yield _record(values[index] if index < len(values) else "", path, first + lines_before)
+            lines_before = reader.line_num
 
 
-def _read_parquet(path: str, column: str) -> Iterator[dict]:
+def _read_parquet(path: str, column: str, limit: int) -> Iterator[dict]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -239,8 +339,19 @@ def _read_parquet(path: str, column: str) -> Iterator[dict]:
         raise DataSourceError(f"{path} has no column '{column}' (columns: {parquet.schema_arrow.names}); "
                               "set data.text_column to the column that holds the text")
     row = 0
-    for batch in parquet.iter_batches(columns=[column], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            yield {"text": text if isinstance(text, str) else "" if text is None else str(text),
-                   "source": path, "row": row}
+    # Small batches: Arrow holds one batch; cell sizes are checked there, before any
+    # cell becomes a Python string.
+    for batch in parquet.iter_batches(columns=[column], batch_size=256):
+        cells = batch.column(0)
+        if pa.types.is_string(cells.type) or pa.types.is_large_string(cells.type) or pa.types.is_binary(cells.type):
+            sizes = pc.fill_null(pc.binary_length(cells), 0)
+            cells = pc.if_else(pc.greater(sizes, limit), pa.scalar(None, cells.type), cells)
+            sizes = sizes.to_pylist()
+        else:
+            sizes = [0] * len(cells)
+        for text, size in zip(cells.to_pylist(), sizes):
+            if size > limit:
+                yield _oversized(path, row, size)
+            else:
+                yield _record(text if isinstance(text, str) else "" if text is None else str(text), path, row)
             row += 1

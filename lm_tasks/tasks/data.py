@@ -3,21 +3,29 @@ the task's fields (`TASK_FIELDS`) through `data.columns`, split into train/valid
 
 Nested source columns are addressed with dots (`translation.en`). Rows that cannot be
 used are handled by one documented rule per task and counted (see `validate_rows`).
+
+Local task files are not trusted: before `datasets` reads them, a bounded scan
+(lm_tasks/data/bounded.py) refuses a file holding a record longer than
+`TASK_MAX_RECORD_BYTES`, and a JSON array file longer than that (`datasets` reads a JSON
+array whole; JSON lines are read in chunks).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
 from lm_tasks.config import TASK_FIELDS, TaskConfig
+from lm_tasks.data.bounded import Oversized, csv_records, lines, starts_json_array
 from lm_tasks.data.sources import DataSourceError, EmptyDataError, expand_files
 from lm_tasks.tasks.embedded import embedded_task_dataset
 
 # File extension -> `datasets` packaged builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TASK_MAX_RECORD_BYTES = 16 << 20  # as the data stage's default data.max_record_bytes
 
 
 def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
@@ -113,10 +121,54 @@ def _load_local(cfg: TaskConfig) -> DatasetDict:
     if d.validation_files:
         files["validation"] = expand_files(d.validation_files, f"finetune.{cfg.task}.data.validation_files")
     builder = builder_for(files)
+    for path in (f for group in files.values() for f in group):
+        check_record_sizes(path, TASK_MAX_RECORD_BYTES)
     try:
         return load_dataset(builder, data_files=files)
     except Exception as err:
         raise DataSourceError(f"Could not read {files} as {builder}: {type(err).__name__}: {err}") from err
+
+
+def check_record_sizes(path: str, limit: int) -> None:
+    """Refuse a task file with a record longer than `limit` bytes, naming its line."""
+    if Path(path).suffix.lower() == ".parquet":
+        return _check_parquet(path, limit)
+    with open(path, "rb") as f:
+        if Path(path).suffix.lower() == ".csv":
+            records = csv_records(f, limit)
+        elif starts_json_array(f):
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise DataSourceError(f"{path} is a JSON array of {size:,} bytes, which is read whole; task files "
+                                      f"over {limit:,} bytes must be JSON lines (one record per line)")
+            return
+        else:
+            records = ((None if isinstance(line, Oversized) else line, n, number)
+                       for number, (line, n) in enumerate(lines(f, limit), start=1))
+        for data, size, line in records:
+            if data is None:
+                raise DataSourceError(f"{path}:{line}: a record of {size:,} bytes is longer than the {limit:,} bytes "
+                                      "a task record may have; remove it or fix the file")
+
+
+def _check_parquet(path: str, limit: int) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    texts = [field.name for field in parquet.schema_arrow
+             if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)]
+    if not texts:
+        return
+    row = 0
+    for batch in parquet.iter_batches(columns=texts, batch_size=256):
+        for column in batch.columns:
+            longest = pc.max(pc.binary_length(column)).as_py() or 0
+            if longest > limit:
+                raise DataSourceError(f"{path}: a cell in rows {row}..{row + len(batch) - 1} has {longest:,} bytes, "
+                                      f"more than the {limit:,} bytes a task record may have")
+        row += len(batch)
 
 
 def builder_for(splits: dict[str, list[str]]) -> str:

@@ -81,7 +81,7 @@ def test_parquet_without_the_text_column(tmp_path):
 
 
 def test_everything_filtered_names_the_steps_and_reasons(tmp_path):
-    with pytest.raises(EmptyDataError, match=r"removed every row of the train data \(normalize 3 -> 3, "
+    with pytest.raises(EmptyDataError, match=r"removed every row of the train data \(read 3 -> 3, normalize 3 -> 3, "
                                              r"length 3 -> 0.*too_short"):
         run(tmp_path, "tiny\n\nsmall\n\nshort")
 
@@ -110,11 +110,20 @@ def test_invalid_utf8_bytes_are_removed_and_counted(tmp_path):
     assert step(report, "normalize")["details"]["invalid_utf8_rows"] == 1
 
 
-def test_a_single_50_mb_line_is_dropped_as_too_long(tmp_path):
-    line = ("word " * 10_000_000).encode()  # 50 MB, no line break
+def test_a_single_50_mb_line_is_skipped_while_reading(tmp_path):
+    line = ("word " * 10_000_000).encode()  # 50 MB, no line break: over the 16 MiB default record limit
     report = run(tmp_path, good_text().encode() + b"\n\n" + line)
-    assert step(report, "length")["dropped"] == {"too_long": 1}
+    assert step(report, "read")["dropped"] == {"oversized_record": 1}
+    assert step(report, "read")["dropped_bytes"] == {"oversized_record": len(line)}
+    assert step(report, "length")["dropped"] == {}
     assert sorted(kept_texts(tmp_path)) == sorted(GOOD)
+
+
+def test_a_long_line_within_the_record_limit_is_dropped_as_too_long(tmp_path):
+    line = ("word " * 200_000).encode()  # 1 MB: read, then too long for cleaning.max_chars
+    report = run(tmp_path, good_text().encode() + b"\n\n" + line)
+    assert step(report, "read")["dropped"] == {}
+    assert step(report, "length")["dropped"] == {"too_long": 1}
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\r", "\u2028"])

@@ -8,7 +8,7 @@ import pytest
 
 from lm_tasks.config import ConfigError, load_config
 from lm_tasks.data.sources import DataSourceError
-from lm_tasks.tasks.data import load_task_data
+from lm_tasks.tasks.data import TASK_MAX_RECORD_BYTES, check_record_sizes, load_task_data
 
 
 def task_cfg(*overrides: str):
@@ -107,3 +107,52 @@ def test_split_by_keeps_groups_on_one_side(tmp_path):
     train_titles = {title[t] for t in data["train"]["text"]}
     val_titles = {title[t] for t in data["validation"]["text"]}
     assert len(val_titles) == 2 and not train_titles & val_titles
+
+
+# --- untrusted task files: a record past the limit is refused before `datasets` reads it ---
+
+HUGE = TASK_MAX_RECORD_BYTES + 1
+
+
+def local_cfg(path):
+    return task_cfg("finetune.classification.data.source=local", f"finetune.classification.data.train_files=[{path}]")
+
+
+def test_a_jsonl_line_past_the_limit_is_refused_naming_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": f"row {i}", "label": i % 2} for i in range(10)])
+    with open(path, "a") as f:
+        f.write(json.dumps({"text": "a" * HUGE, "label": 0}) + "\n")
+    with pytest.raises(DataSourceError, match=r"train.jsonl:11: a record of 16,777,2\d\d bytes is longer than "
+                                              r"the 16,777,216 bytes a task record may have"):
+        load_task_data(local_cfg(path), seed=0)
+
+
+def test_a_csv_field_that_never_closes_is_refused(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10)) + '"open quote\n'
+                    + ("x" * 1023 + "\n") * (HUGE // 1024 + 1))
+    with pytest.raises(DataSourceError, match=r"train.csv:12: a record of"):
+        load_task_data(local_cfg(path), seed=0)
+
+
+def test_a_large_json_array_is_refused_and_a_small_one_read(tmp_path):
+    rows = [{"text": f"row number {i}", "label": i % 2} for i in range(20)]
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(rows))
+    data, _ = load_task_data(local_cfg(small), seed=0)
+    assert len(data["train"]) + len(data["validation"]) == 20
+    large = tmp_path / "large.json"
+    large.write_text(json.dumps(rows * (HUGE // len(json.dumps(rows)) + 1)))
+    with pytest.raises(DataSourceError, match=r"large.json is a JSON array of [\d,]+ bytes, which is read whole; "
+                                              r"task files over 16,777,216 bytes must be JSON lines"):
+        load_task_data(local_cfg(large), seed=0)
+
+
+def test_a_parquet_cell_past_the_limit_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(10)] + ["a" * HUGE], "label": [0, 1] * 5 + [0]}), path)
+    with pytest.raises(DataSourceError, match=r"train.parquet: a cell in rows 0..10 has 16,777,217 bytes"):
+        check_record_sizes(str(path), TASK_MAX_RECORD_BYTES)

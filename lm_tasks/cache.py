@@ -22,8 +22,8 @@ manifest (`stage.json`) that lists every file, its size and its SHA-256.
   local staging folder and every committed entry is mirrored to the store, manifest
   last. An entry whose upload failed is uploaded again by the next run that finds it.
 - Leftovers of dead processes (`.fetch-*`, `.trash-*` folders named after their
-  owner, unlocked `.partial` folders of stages that do not resume, temporary files of
-  an interrupted resumable stage, lock files) are removed by the next claim.
+  owner, unlocked `.partial` folders without checkpoints to resume from, temporary
+  files of interrupted checkpoint writes, lock files) are removed by the next claim.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class StageCache:
         work = final.with_name(f"{key}.partial")
         final.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(final.with_name(f"{key}.lock")), self._lease(stage, key):
-            remove_leftovers(final.parent, partials=not resume)
+            remove_leftovers(final.parent)
             if resume:
                 remove_temporary_files(work)
             elif work.exists():
@@ -274,16 +274,17 @@ TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")  # tempfile.mkstemp/mkdtemp(prefix
 LEFTOVER_DAYS = 1  # another host's leftovers: its process cannot be asked if it still runs
 
 
-def remove_leftovers(folder: Path, partials: bool) -> None:
-    """Remove what dead processes left in a stage folder: their fetch and trash folders,
-    lock files nobody holds and, when `partials`, `.partial` folders nobody works in."""
+def remove_leftovers(folder: Path) -> None:
+    """Remove what dead processes left in a stage folder: their fetch and trash folders, lock
+    files nobody holds, and `.partial` folders nobody works in unless they hold checkpoints
+    to resume from (an interrupted pretraining of another configuration)."""
     for path in folder.iterdir():
         leftover = LEFTOVER.fullmatch(path.name)
         if leftover:
             if owner_is_dead(leftover["owner"]) or _age_days(path) > LEFTOVER_DAYS:
                 log.info("cache: removing %s, left by a process that is gone", path)
                 remove(path)
-        elif path.suffix == ".lock" or (partials and path.suffix == ".partial"):
+        elif path.suffix == ".lock" or (path.suffix == ".partial" and not (path / "checkpoints").is_dir()):
             with file_lock(path.with_suffix(".lock"), wait=False) as free:
                 if free and path.suffix == ".partial":
                     log.info("cache: removing %s, left by an interrupted stage", path)

@@ -215,10 +215,13 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 4):
-            if not self._owned():
-                log.error("cache: the lease %s was taken over while this process held it", self.path)
-                return
-            self.fs.pipe_file(self.path, self._content())
+            try:
+                if not self._owned():
+                    log.error("cache: the lease %s was taken over while this process held it", self.path)
+                    return
+                self.fs.pipe_file(self.path, self._content())
+            except Exception as err:  # a store outage: keep trying, the lease has time left
+                log.warning("cache: could not renew the lease %s (%s: %s)", self.path, type(err).__name__, err)
 
     def _stale(self, current: bytes, unchanged_for: float) -> bool:
         lease = _parse(current)

@@ -351,9 +351,9 @@ def test_a_resumed_stage_keeps_its_checkpoints_and_loses_interrupted_writes(tmp_
         (work / "checkpoints" / ".last.ckpt.k3j_9x2a").write_bytes(b"half")  # tempfile.mkstemp's leftover
         (work / ".model.ab12cd34").mkdir()  # atomic_path's
     other = tmp_path / "store" / "pretrain" / f"{'cd' * 32}.partial"
-    other.mkdir()
+    (other / "checkpoints").mkdir(parents=True)
     with cache.claim("pretrain", KEY, resume=True) as work:
         assert files_under(work) == {"checkpoints/last.ckpt"}
-        assert other.exists()  # another configuration's pretraining, resumable later
-    with cache.claim("pretrain", KEY) as work:
+    with cache.claim("pretrain", KEY) as work:  # cache.refresh=pretrain: this key starts over
         assert files_under(work) == set()
+        assert other.exists()  # another configuration's pretraining, resumable later

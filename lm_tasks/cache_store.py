@@ -10,7 +10,8 @@ Each machine computes in its own staging folder; the store holds what they share
 - `fetch` checks the manifest (lm_tasks.cache_manifest) and the store's listing of the
   entry (no symlink, every file of its recorded size) before it writes anything, then
   downloads into a private folder, checking each file's size and digest as it streams.
-- `Lease` is a lock that works across machines: an object created only if absent, naming
+- `Lease` is a lock that works across machines: an object created only if absent
+  (fsspec's exclusive mode "xb": local and NFS folders, s3fs >= 2025.7, gcsfs, adlfs), naming
   its owner and an expiry, renewed by a heartbeat thread while held. A lease is taken
   over when its owner is a dead process on this host, when its expiry has passed, or
   when it has not changed for LEASE_SECONDS on the waiter's own clock (so a planted
@@ -200,9 +201,9 @@ class Lease:
         try:
             with self.fs.open(self.path, "xb") as f:  # exclusive create: one creator wins
                 f.write(self._content())
-            return True
         except FileExistsError:
             return False
+        return self._owned()  # read back: a store that ignores "x" lets the last writer win
 
     def _read(self) -> bytes | None:
         try:

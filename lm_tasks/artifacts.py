@@ -1,7 +1,9 @@
 """Files that other stages read: written atomically, identified by content digest.
 
 A stage writes into a temporary sibling and renames it into place, so an
-interrupted write never leaves a file or folder that a later run would load.
+interrupted write never leaves a file or folder that a later run would load. Every
+rename is followed by an fsync of the folder that holds it, so that after a power
+loss the new name is there (or the old one), not neither.
 """
 
 from __future__ import annotations
@@ -25,14 +27,28 @@ def atomic_path(target: str | Path, is_dir: bool = False) -> Iterator[Path]:
     work = tmp if is_dir else tmp / target.name
     try:
         yield work
-        if is_dir:
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(work, target)
-        else:
-            os.replace(work, target)
+        if is_dir and target.exists():
+            shutil.rmtree(target)
+        replace(work, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace(src: str | Path, dst: str | Path) -> None:
+    """os.replace, made durable: the folders of both names are synced."""
+    os.replace(src, dst)
+    sync_dir(Path(dst).parent)
+    if Path(src).parent != Path(dst).parent:
+        sync_dir(Path(src).parent)
+
+
+def sync_dir(folder: str | Path) -> None:
+    """fsync a folder, so that the names created, renamed or removed in it persist."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, payload: dict, sort_keys: bool = True) -> None:

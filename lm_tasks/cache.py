@@ -3,21 +3,27 @@
 A stage's cache key is a digest of everything that decides its output: the config
 keys it reads, the source code it runs and the content digests of its inputs
 (never their paths). Its output folder lives at `<store>/<stage>/<key>/`, with a
-manifest (`stage.json`) that lists every file and its SHA-256.
+manifest (`stage.json`) that lists every file, its size and its SHA-256.
 
     entry = cache.reusable(stage, key)      # a verified earlier result, or None
     with cache.claim(stage, key) as work:   # compute into work/, then cache.commit(...)
 
-- A hit is used only after every file is checked against the manifest: a missing
-  or corrupt output is reported and recomputed, never loaded.
+- A store is shared and its contents are not trusted: an entry is used only after its
+  manifest and every file pass lm_tasks.cache_manifest's checks (names inside the
+  entry, no symlink, sizes, digests). A bad entry is refused with a warning naming it
+  and recomputed; a fetch checks every name before it writes anything.
 - Writes go into `<key>.partial/` and are renamed into place at the end, so an
   interrupted stage never leaves an entry; pretraining resumes from the
-  checkpoints in its `.partial` folder.
-- A per-key file lock makes concurrent jobs that need the same stage compute it
-  once: the second waits, then finds the first one's entry.
+  checkpoints in its `.partial` folder. Every rename is followed by a folder fsync.
+- A per-key file lock makes concurrent jobs on one machine compute a stage once: the
+  second waits, then finds the first one's entry. With a URL store a lease in the
+  store (lm_tasks.cache_store) does the same across machines.
 - `store` may be any fsspec URL (s3://, gs://, file://...): stages then work in a
   local staging folder and every committed entry is mirrored to the store, manifest
-  last, so a reader never sees half an entry.
+  last. An entry whose upload failed is uploaded again by the next run that finds it.
+- Leftovers of dead processes (`.fetch-*`, `.trash-*` folders named after their
+  owner, unlocked `.partial` folders without checkpoints to resume from, temporary
+  files of interrupted checkpoint writes, lock files) are removed by the next claim.
 """
 
 from __future__ import annotations
@@ -27,22 +33,23 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
-import fsspec
-
 import lm_tasks
-from lm_tasks.artifacts import file_digest, read_json, write_json
+from lm_tasks.artifacts import replace, sync_dir
+from lm_tasks.cache_manifest import MANIFEST, CorruptEntryError, verify, write_manifest
+from lm_tasks.cache_store import RemoteStore, owner_is_dead, owner_tag
 from lm_tasks.config import CacheConfig
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "stage.json"
 PACKAGE_DIR = Path(lm_tasks.__file__).parent
 
 
@@ -73,10 +80,6 @@ def stage_key(stage: str, config: dict, code: list[str], inputs: dict[str, str])
     return digest_of({"stage": stage, "config": config, "code": code_version(code), "inputs": inputs})
 
 
-class CorruptEntryError(RuntimeError):
-    """A cached entry whose files no longer match its manifest."""
-
-
 @dataclass
 class Entry:
     """A committed cache entry: its folder and manifest."""
@@ -90,10 +93,11 @@ class StageCache:
 
     def __init__(self, cfg: CacheConfig):
         self.cfg = cfg
-        self.remote = cfg.store.rstrip("/") if "://" in cfg.store else None  # any fsspec URL
+        self.remote = RemoteStore(cfg.store.rstrip("/")) if "://" in cfg.store else None
         self.local = Path(cfg.staging_dir if self.remote else cfg.store)
         refresh = cfg.refresh if isinstance(cfg.refresh, list) else [cfg.refresh]
         self.refresh = {str(name) for name in refresh if name}
+        self._leased: set[str] = set()  # store leases this object holds (in `claim`)
 
     # --- reading -------------------------------------------------------------
 
@@ -111,16 +115,18 @@ class StageCache:
 
     def lookup(self, stage: str, key: str) -> Entry | None:
         """The verified entry for (stage, key), fetched from the store if needed, or None.
-        A corrupt entry is discarded (with a warning) and reported as absent."""
+        A bad local entry is discarded (with a warning) and fetched again or reported absent."""
         path = self.entry_dir(stage, key)
-        if not (path / MANIFEST).is_file() and not self._fetch(stage, key):
-            return None
-        try:
-            return Entry(path, verify(path))
-        except CorruptEntryError as err:
-            log.warning("cache: %s; recomputing %s", err, stage)
-            self._discard(path)
-            return None
+        if path.exists() or path.is_symlink():
+            try:
+                entry = Entry(path, verify(path, key))
+            except CorruptEntryError as err:
+                log.warning("cache: refused %s entry %s: %s; recomputing it", stage, key[:12], err)
+                self._discard(path)
+            else:
+                self._upload_if_missing(stage, key, entry)
+                return entry
+        return self._fetch(stage, key)
 
     def entry_dir(self, stage: str, key: str) -> Path:
         return self.local / entry_name(stage, key)
@@ -129,7 +135,7 @@ class StageCache:
 
     @contextmanager
     def claim(self, stage: str, key: str, resume: bool = False) -> Iterator[Path]:
-        """Hold the key's lock and yield its `.partial` work folder.
+        """Hold the key's lock (and its lease in a URL store) and yield its `.partial` work folder.
 
         Without `resume` the work folder starts empty; with it, whatever an interrupted
         earlier attempt left there (checkpoints) is kept for the stage to resume from.
@@ -137,80 +143,92 @@ class StageCache:
         final = self.entry_dir(stage, key)
         work = final.with_name(f"{key}.partial")
         final.parent.mkdir(parents=True, exist_ok=True)
-        with open(final.with_name(f"{key}.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel even on SIGKILL
-            try:
-                if work.exists() and not resume:
-                    shutil.rmtree(work)
-                work.mkdir(exist_ok=True)
-                yield work
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(final.with_name(f"{key}.lock")), self._lease(stage, key):
+            remove_leftovers(final.parent)
+            if resume:
+                remove_temporary_files(work)
+            elif work.exists():
+                shutil.rmtree(work)
+            work.mkdir(exist_ok=True)
+            yield work
 
     @contextmanager
     def try_exclusive(self, name: str) -> Iterator[bool]:
         """Hold the lock `name` if no other process does; yield whether it was acquired."""
         path = self.local / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(path, wait=False) as held:
+            yield held
 
     def commit(self, stage: str, key: str, work: Path, manifest: dict) -> Entry:
-        """Write the manifest (with every file's digest) and move `work` into place."""
-        files = {str(p.relative_to(work)): file_digest(p) for p in sorted(work.rglob("*"))
-                 if p.is_file() and p.name != MANIFEST}
-        manifest = {**manifest, "key": key, "files": files}
-        write_json(work / MANIFEST, manifest, sort_keys=False)  # metrics keep their order
+        """Write the manifest (every file's digest and size) and move `work` into place."""
+        manifest = write_manifest(work, manifest, key)
         final = self.entry_dir(stage, key)
         self._discard(final)
-        os.replace(work, final)
-        self._push(stage, key, final)
+        replace(work, final)
+        if self.remote:
+            self.remote.push(entry_name(stage, key), final, manifest)
         return Entry(final, manifest)
 
     def _discard(self, path: Path) -> None:
-        if path.exists():
-            trash = path.with_name(f"{path.name}.trash-{os.getpid()}")
-            os.replace(path, trash)  # atomic: readers see the old entry or none
-            shutil.rmtree(trash, ignore_errors=True)
+        trash = path.with_name(f"{path.name}.trash-{owner_tag()}")
+        try:
+            replace(path, trash)  # atomic: readers see the old entry or none
+        except FileNotFoundError:
+            return  # absent, or discarded by a concurrent process
+        remove(trash)
 
     # --- remote store ----------------------------------------------------------
 
-    def _push(self, stage: str, key: str, local: Path) -> None:
+    @contextmanager
+    def _lease(self, stage: str, key: str) -> Iterator[None]:
         if not self.remote:
+            yield
             return
-        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{entry_name(stage, key)}")
-        for path in sorted(local.rglob("*")):
-            if path.is_file() and path.name != MANIFEST:
-                fs.makedirs(f"{root}/{path.parent.relative_to(local)}".rstrip("/."), exist_ok=True)
-                fs.put_file(str(path), f"{root}/{path.relative_to(local)}")
-        fs.put_file(str(local / MANIFEST), f"{root}/{MANIFEST}")  # last: marks the entry complete
-        log.info("cache: %s %s mirrored to %s", stage, key[:12], self.remote)
+        name = entry_name(stage, key)
+        with self.remote.lease(name):
+            self._leased.add(name)
+            try:
+                yield
+            finally:
+                self._leased.discard(name)
 
-    def _fetch(self, stage: str, key: str) -> bool:
+    def _fetch(self, stage: str, key: str) -> Entry | None:
+        """The store's entry, downloaded into a private folder, checked, then renamed into place."""
         if not self.remote:
-            return False
-        fs, root = fsspec.core.url_to_fs(f"{self.remote}/{entry_name(stage, key)}")
-        if not fs.exists(f"{root}/{MANIFEST}"):
-            return False
+            return None
         final = self.entry_dir(stage, key)
-        tmp = final.with_name(f"{key}.fetch-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
-        for name in [*manifest["files"], MANIFEST]:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root}/{name}", str(tmp / name))
-        self._discard(final)
-        os.replace(tmp, final)
-        log.info("cache: %s %s fetched from %s", stage, key[:12], self.remote)
-        return True
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{key}.fetch-{owner_tag()}")
+        try:
+            manifest = self.remote.fetch(entry_name(stage, key), key, tmp)
+        except CorruptEntryError as err:
+            log.warning("cache: refused %s entry %s from the store: %s; recomputing it", stage, key[:12], err)
+            return None
+        finally:
+            if tmp.exists() and not (tmp / MANIFEST).is_file():
+                remove(tmp)  # a refused or interrupted download
+        if manifest is None:
+            return None
+        try:
+            os.rename(tmp, final)  # fails if a concurrent process put the entry there first
+        except OSError:
+            remove(tmp)
+            return self.lookup(stage, key)
+        sync_dir(final.parent)
+        log.info("cache: %s %s fetched from %s", stage, key[:12], self.remote.url)
+        return Entry(final, manifest)
+
+    def _upload_if_missing(self, stage: str, key: str, entry: Entry) -> None:
+        """Upload a local entry the store lacks (an earlier upload failed or was interrupted)."""
+        name = entry_name(stage, key)
+        if not self.remote or self.remote.has_entry(name):
+            return
+        with nullcontext(True) if name in self._leased else self.remote.lease(name, wait=False) as held:
+            if held and not self.remote.has_entry(name):
+                log.warning("cache: %s %s is missing from %s (an earlier upload failed): uploading it again",
+                            stage, key[:12], self.remote.url)
+                self.remote.push(name, entry.path, entry.manifest)
 
 
 def entry_name(stage: str, key: str) -> str:
@@ -218,17 +236,81 @@ def entry_name(stage: str, key: str) -> str:
     return f"{stage.replace(':', '-')}/{key}"
 
 
-def verify(path: Path) -> dict:
-    """The entry's manifest, after checking every listed file against its digest."""
+@contextmanager
+def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """flock `path` (waiting for it, or not); yield whether it is held.
+
+    The holder removes the file when it releases it, so no lock file outlives its use; a
+    waiter that then gets the lock on the removed file tries again on the current one.
+    The kernel releases a flock even on SIGKILL.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        if _is_current(fd, path):
+            break
+        os.close(fd)
     try:
-        manifest = read_json(path / MANIFEST)
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as err:
-        raise CorruptEntryError(f"{path / MANIFEST} is unreadable ({err})") from err
-    for name, digest in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CorruptEntryError(f"{file} listed in the manifest is missing")
-        if file_digest(file) != digest:
-            raise CorruptEntryError(f"{file} does not match its digest in the manifest")
-    return manifest
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # still held: no one else can be using this file
+        os.close(fd)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+LEFTOVER = re.compile(r"(?P<key>[0-9a-f]{64})\.(?:fetch|trash)-(?P<owner>.+)")
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")  # tempfile.mkstemp/mkdtemp(prefix=".<name>.")
+LEFTOVER_DAYS = 1  # another host's leftovers: its process cannot be asked if it still runs
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove what dead processes left in a stage folder: their fetch and trash folders, lock
+    files nobody holds, and `.partial` folders nobody works in unless they hold checkpoints
+    to resume from (an interrupted pretraining of another configuration)."""
+    for path in folder.iterdir():
+        leftover = LEFTOVER.fullmatch(path.name)
+        if leftover:
+            if owner_is_dead(leftover["owner"]) or _age_days(path) > LEFTOVER_DAYS:
+                log.info("cache: removing %s, left by a process that is gone", path)
+                remove(path)
+        elif path.suffix == ".lock" or (path.suffix == ".partial" and not (path / "checkpoints").is_dir()):
+            with file_lock(path.with_suffix(".lock"), wait=False) as free:
+                if free and path.suffix == ".partial":
+                    log.info("cache: removing %s, left by an interrupted stage", path)
+                    remove(path)
+
+
+def _age_days(path: Path) -> float:
+    try:
+        return (time.time() - path.lstat().st_mtime) / 86400
+    except FileNotFoundError:
+        return 0.0  # removed meanwhile by another process's sweep
+
+
+def remove_temporary_files(work: Path) -> None:
+    """Remove the temporary files of interrupted atomic writes (checkpoints) from a work
+    folder that is resumed; only called while holding its key's lock."""
+    for path in sorted(work.rglob(".*"), reverse=True) if work.is_dir() else []:
+        if TEMPORARY.fullmatch(path.name):
+            log.info("cache: removing %s, an interrupted write", path)
+            remove(path)
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+

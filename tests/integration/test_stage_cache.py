@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -99,3 +102,23 @@ def test_a_remote_store_is_mirrored_and_read_back(base, tmp_path):
     second = run_stages(base + remote)
     assert ran(second) == set()
     assert (Path(second["pretrain"].output_dir) / "model" / "model.safetensors").is_file()
+
+
+def test_a_hostile_store_entry_is_refused_and_the_stage_recomputed(smoke_overrides, tmp_path, caplog):
+    """Someone who can write to the shared store plants a manifest naming a file outside the entry."""
+    remote = [f"cache.store=file://{tmp_path}/remote-cache", f"cache.staging_dir={tmp_path}/staging"]
+    first = run_data(load_config(smoke_overrides + remote))
+    [entry] = (tmp_path / "remote-cache" / "data").glob("*/stage.json")
+    manifest = json.loads(entry.read_text())
+    planted = b"#!/bin/sh\necho owned\n"
+    (tmp_path / "remote-cache" / "evil.sh").write_bytes(planted)
+    manifest["files"]["../../evil.sh"] = hashlib.sha256(planted).hexdigest()
+    manifest["sizes"]["../../evil.sh"] = len(planted)
+    entry.write_text(json.dumps(manifest))
+
+    shutil.rmtree(tmp_path / "staging")  # another machine, which fetches from the store
+    with caplog.at_level(logging.WARNING, logger="lm_tasks.cache"):
+        second = run_data(load_config(smoke_overrides + remote))
+    assert not second.cached and second.digest == first.digest
+    assert f"refused data entry {first.key[:12]}" in caplog.text and "../../evil.sh" in caplog.text
+    assert not (tmp_path / "staging" / "evil.sh").exists() and not list(tmp_path.rglob("staging/**/evil.sh"))

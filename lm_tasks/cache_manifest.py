@@ -1,0 +1,129 @@
+"""A cache entry's manifest (`stage.json`): what it lists, and the checks before an entry is used.
+
+A store is shared, so its contents are not trusted: a manifest may name any path and an
+entry may hold symlinks. Before any file of an entry is read or written:
+
+- the manifest is at most MAX_MANIFEST_BYTES, a JSON object whose `files` maps each file's
+  name to its SHA-256 and whose `sizes` maps the same names to byte counts, with at most
+  MAX_FILES files;
+- every name is a plain relative path inside the entry: no absolute path, no `..` or `.`,
+  no empty part, no backslash, nothing that normalises to another spelling;
+- the entry holds no symlink anywhere (a link could lead out of it);
+- every file has its recorded size and digest.
+
+An entry failing any of these raises CorruptEntryError, naming the entry; the cache then
+refuses it and recomputes the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+from lm_tasks.artifacts import write_json
+
+MANIFEST = "stage.json"
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest lists names and digests: a few MB is thousands of files
+MAX_FILES = 10_000
+DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class CorruptEntryError(RuntimeError):
+    """A cache entry that does not match its manifest, or whose manifest is not safe to use."""
+
+
+def write_manifest(work: Path, fields: dict, key: str) -> dict:
+    """List every file under `work` (name, digest, size) in `work/stage.json`; return the manifest."""
+    files, sizes = {}, {}
+    for path in sorted(work.rglob("*")):
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symlink: a cache entry holds only real files (it would be refused)")
+        if path.is_file() and path != work / MANIFEST:
+            name = path.relative_to(work).as_posix()
+            files[name], sizes[name] = sized_digest(path)
+    manifest = {**fields, "key": key, "files": files, "sizes": sizes}
+    write_json(work / MANIFEST, manifest, sort_keys=False)  # metrics keep their order
+    return manifest
+
+
+def parse_manifest(raw: bytes, where: str, key: str) -> dict:
+    """The manifest in `raw` (read from `where`), after checking its size, types and names."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CorruptEntryError(f"{where}: the manifest is over {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as err:
+        raise CorruptEntryError(f"{where}: the manifest is not JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise CorruptEntryError(f"{where}: the manifest is not a JSON object")
+    if manifest.get("key") != key:
+        raise CorruptEntryError(f"{where}: the manifest is for key {str(manifest.get('key'))[:80]!r}, not {key}")
+    files, sizes = manifest.get("files"), manifest.get("sizes")
+    if not isinstance(files, dict) or not isinstance(sizes, dict) or files.keys() != sizes.keys():
+        raise CorruptEntryError(f"{where}: the manifest needs `files` and `sizes` objects over the same names "
+                                "(an entry written by an older version is recomputed once)")
+    if len(files) > MAX_FILES:
+        raise CorruptEntryError(f"{where}: the manifest lists {len(files)} files, more than {MAX_FILES}")
+    for name, digest in files.items():
+        if not safe_name(name):
+            raise CorruptEntryError(f"{where}: the manifest names {name[:200]!r}, which is not a plain relative "
+                                    "path inside the entry")
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+            raise CorruptEntryError(f"{where}: the digest of {name!r} is not a SHA-256 hex digest")
+        size = sizes[name]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise CorruptEntryError(f"{where}: the size of {name!r} is not a byte count")
+    folders = {str(parent) for name in files for parent in PurePosixPath(name).parents}
+    if folders & files.keys():
+        raise CorruptEntryError(f"{where}: the manifest names a file that is also a folder")
+    return manifest
+
+
+def safe_name(name) -> bool:
+    """Whether `name` is a relative POSIX path of plain parts, written the one normal way."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name or name == MANIFEST:
+        return False
+    parts = name.split("/")
+    return (not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
+            and PurePosixPath(name).as_posix() == name)
+
+
+def verify(path: Path, key: str | None = None) -> dict:
+    """The manifest of the entry at `path`, after every check above (the key defaults to the
+    folder's name)."""
+    key = key or path.name
+    for folder in (path.parent, path):
+        if folder.is_symlink():
+            raise CorruptEntryError(f"{folder} is a symlink")
+    for folder, dirs, names in os.walk(path):
+        for name in dirs + names:
+            if os.path.islink(os.path.join(folder, name)):
+                raise CorruptEntryError(f"{path}: {os.path.join(folder, name)} is a symlink")
+    try:
+        with open(path / MANIFEST, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise CorruptEntryError(f"{path / MANIFEST} is unreadable ({err})") from err
+    manifest = parse_manifest(raw, str(path), key)
+    for name, digest in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptEntryError(f"{file} listed in the manifest is missing")
+        if file.stat().st_size != manifest["sizes"][name]:
+            raise CorruptEntryError(f"{file} does not have the size in the manifest")
+        if sized_digest(file)[0] != digest:
+            raise CorruptEntryError(f"{file} does not match its digest in the manifest")
+    return manifest
+
+
+def sized_digest(path: Path) -> tuple[str, int]:
+    """SHA-256 and byte count of a file, read without following a symlink."""
+    h, size = hashlib.sha256(), 0
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

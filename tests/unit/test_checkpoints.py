@@ -58,6 +58,7 @@ class Payload:
         return Path.touch, (self.marker,)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch on the bare pickle
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dumps"])
 def test_a_planted_pickle_payload_is_refused_and_never_runs(tmp_path, writer):
     marker = tmp_path / "payload-ran"

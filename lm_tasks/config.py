@@ -418,6 +418,19 @@ class RunnerConfig:
 
 
 @dataclass
+class ServingConfig:
+    """Upper bounds on one request to a served pyfunc model, logged with it (lm_tasks/serving.py)."""
+    max_inputs: int       # prompts or texts per request
+    max_new_tokens: int   # the largest max_new_tokens a request may ask for
+    max_input_chars: int  # characters per prompt or text
+
+    def __post_init__(self) -> None:
+        for key in ("max_inputs", "max_new_tokens", "max_input_chars"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"serving.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
 class LifecycleConfig:
     name: str
     seed: int
@@ -434,6 +447,7 @@ class LifecycleConfig:
     cache: CacheConfig
     promotion: PromotionConfig
     runner: RunnerConfig
+    serving: ServingConfig
     # The resolved YAML, saved with every run (not part of the schema).
     resolved_yaml: str = field(default="", repr=False)
 

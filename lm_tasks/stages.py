@@ -213,7 +213,7 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
                                mlflow.active_run().info.run_id)
         mlflow.log_artifacts(summary["model_dir"], "model")
         _log_hf_export(summary["model_dir"], out / "hf")
-        _log_pyfunc(summary["model_dir"])
+        _log_pyfunc(summary["model_dir"], cfg)
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
@@ -234,7 +234,7 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
         mlflow.log_artifacts(str(out / "model"), "model")
         _log_hf_export(out / "model", out / "hf")  # the fine-tuned backbone
         if task == "classification":  # the task models lm_tasks.serving can serve
-            _log_pyfunc(out / "model")
+            _log_pyfunc(out / "model", cfg)
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
         return file_digest(out / "model" / "head.safetensors"), metrics
 
@@ -251,12 +251,13 @@ def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
         mlflow.log_artifacts(str(export_hf(model_dir, out_dir)), "hf")
 
 
-def _log_pyfunc(model_dir: str | Path) -> None:
+def _log_pyfunc(model_dir: str | Path, cfg: LifecycleConfig) -> None:
     """The model as an MLflow pyfunc of the active run (prompts in, generations out; or texts
-    in, labels and scores out); the promotion step registers it from the run's tag."""
+    in, labels and scores out), its requests bounded by `serving.*`; the promotion step
+    registers it from the run's tag."""
     from lm_tasks.serving import log_model
 
-    info = log_model(model_dir, name="pyfunc")
+    info = log_model(model_dir, cfg.serving, name="pyfunc")
     mlflow.set_tags({"pyfunc.model_uri": info.model_uri, "pyfunc.model_id": info.model_id})
 
 

@@ -3,11 +3,19 @@
 Lightning writes checkpoints through `AtomicCheckpointIO`: into a temporary file in
 the same folder, flushed to disk, then renamed over the old one. A process killed
 mid-write leaves the previous checkpoint intact, never a truncated file.
+
+A checkpoint resumed from a (shared) cache store is not trusted: it is read with
+`torch.load(weights_only=True)`, which builds tensors and plain values (dicts, lists,
+tuples, str, numbers, None) and refuses anything else instead of running it. Everything
+our checkpoints hold is of those kinds (Lightning's loop, callback, optimizer and
+scheduler state, the hyperparameters, and `rng_state()`, which stores numpy's state as
+plain values for that reason), so no type needs allowing.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import tempfile
@@ -41,17 +49,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.remove(tmp)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        if weights_only is False:  # Lightning passes None unless told; False would run the file's code
+            raise CheckpointError(f"Refusing to load checkpoint {path} with weights_only=False: checkpoints "
+                                  "are only ever loaded as tensors and plain values")
         return load_checkpoint(path, map_location)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a Lightning checkpoint, or raise a CheckpointError that names the file."""
+    """Load a Lightning checkpoint as tensors and plain values only, or raise a CheckpointError
+    that names the file (a truncated file, or one holding other objects, which are never built)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
-        # Our own checkpoints hold optimizer and RNG state (not only tensors).
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Checkpoint {path} holds objects other than tensors and plain values ({_refused(err)}); it was "
+            "not loaded, since building them could run code. lm_tasks never writes such a file: it may "
+            "have been planted in the cache store. Delete it, or pass cache.refresh=pretrain to restart this "
+            "stage from scratch."
+        ) from None  # torch's message suggests weights_only=False, which must not be followed here
     except Exception as err:
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}). Delete it to "
@@ -59,9 +77,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         ) from err
 
 
+def _refused(err: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused ('Unsupported global: GLOBAL posix.system was not an
+    allowed global by default'), without torch's advice to load or allow it anyway."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first.split(". ", 1)[0].rstrip(".") or "not a weights-only pickle"
+
+
 def rng_state() -> dict:
-    """Every random generator a training step draws from (dropout, sampling), for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator a training step draws from (dropout, sampling), for checkpoints:
+    tensors and plain values only, so that `load_checkpoint` can read it back."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [name, keys.tolist(), pos, has_gauss, cached_gaussian]  # keys: a uint32 ndarray
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -69,7 +98,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -85,7 +85,8 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
     with warnings.catch_warnings(), sigterm_between_steps():
         # Lightning warns that a mid-epoch resume may repeat data; ResumableSampler does not.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from if resume_from.is_file() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from if resume_from.is_file() else None,
+                    weights_only=True)  # never unpickle objects from a checkpoint the store may hold
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     model_dir = out_dir / "model"

@@ -61,7 +61,7 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
         if gate is not None:
             model = pretrained if gate == "lm" else tuned[gate]
             model_name = promotion.registered_model_name(cfg.promotion, cfg.name)
-            decision = promotion.promote(cfg.promotion, model_name, evaluated.metrics, model)
+            decision = promotion.promote(cfg.promotion, model_name, evaluated.metrics, model, cfg.serving)
             promotion.record(decision)
             summary += "\n### Promotion\n\n" + promotion.markdown(decision)
         mlflow.log_text(summary, "summary.md")

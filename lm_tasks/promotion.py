@@ -35,7 +35,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from lm_tasks import lineage
-from lm_tasks.config import ConfigError, PromotionConfig
+from lm_tasks.config import ConfigError, PromotionConfig, ServingConfig
 from lm_tasks.redaction import redact
 from lm_tasks.stages import StageResult
 
@@ -70,9 +70,11 @@ def registered_model_name(cfg: PromotionConfig, project: str) -> str:
     return cfg.model_name or f"{project}-{gate_part(cfg)}"
 
 
-def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageResult) -> dict:
+def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageResult,
+            serving: ServingConfig | None = None) -> dict:
     """Register `model` (the gated stage's result) and move the alias if it wins; return the
-    decision. Registry errors are returned as decision `error`, never raised."""
+    decision. Registry errors are returned as decision `error`, never raised. `serving`: the
+    request limits of a pyfunc model logged again here (see _model_source)."""
     if cfg.metric not in metrics:
         raise ConfigError(f"promotion.metric={cfg.metric!r} was not measured; measured: {', '.join(sorted(metrics))}")
     candidate = float(metrics[cfg.metric])
@@ -82,7 +84,8 @@ def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageRe
         return _decided(result, REJECTED, f"{cfg.metric} is {candidate}; only a finite value can win")
     try:
         client = MlflowClient()
-        result["version"] = _register(client, model_name, model, gate_part(cfg), {cfg.metric: str(candidate)})
+        result["version"] = _register(client, model_name, model, gate_part(cfg), {cfg.metric: str(candidate)},
+                                      serving)
         for _ in range(COMPARISONS):
             champion = _champion(client, model_name, cfg.alias)
             decision, reason = _compare(cfg, result, champion)
@@ -98,7 +101,8 @@ def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageRe
         return _decided(result, ERROR, f"registry error, {cfg.alias!r} not moved: {type(err).__name__}: {err}")
 
 
-def _register(client: MlflowClient, name: str, model: StageResult, part: str, tags: dict) -> str:
+def _register(client: MlflowClient, name: str, model: StageResult, part: str, tags: dict,
+              serving: ServingConfig | None) -> str:
     """The version of `name` holding the model's weights: an existing one (same digest) or a
     new one."""
     try:
@@ -109,13 +113,13 @@ def _register(client: MlflowClient, name: str, model: StageResult, part: str, ta
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get("model_digest") == model.digest:
             return str(version.version)
-    run_id, source, model_id = _model_source(model, part)
+    run_id, source, model_id = _model_source(model, part, serving)
     version = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
                                           tags={"model_digest": model.digest, "part": part, **tags})
     return str(version.version)  # the registry returns ints or strings depending on the call
 
 
-def _model_source(model: StageResult, part: str) -> tuple[str, str, str | None]:
+def _model_source(model: StageResult, part: str, serving: ServingConfig | None) -> tuple[str, str, str | None]:
     """(run id, model URI, logged model id) to register: the pyfunc model the producing stage
     logged (loadable with mlflow.pyfunc.load_model), else its plain `model` folder. When that
     run is in another tracking store (the stage came from a shared cache), the model is
@@ -130,8 +134,8 @@ def _model_source(model: StageResult, part: str) -> tuple[str, str, str | None]:
     here = mlflow.active_run().info.run_id
     log.info("promotion: run %s of the cached %s stage is in another tracking store; logging its model "
              "from %s into run %s", model.run_id, model.stage, model_dir, here)
-    if part in SERVED_PARTS:
-        info = log_model(model_dir, name="pyfunc")
+    if part in SERVED_PARTS and serving is not None:
+        info = log_model(model_dir, serving, name="pyfunc")
         return here, info.model_uri, info.model_id
     mlflow.log_artifacts(str(model_dir), "model")
     return here, mlflow.get_artifact_uri("model"), None

@@ -1,14 +1,7 @@
-"""A team's stores: one cache store used from two tracking stores, and a real MLflow tracking
-server whose (proxied) artifact store receives every artifact."""
+"""A team's stores: one cache store used from two tracking stores. (A tracking server's
+artifact store: test_tracking_server.py.)"""
 
 from __future__ import annotations
-
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -20,7 +13,6 @@ from lm_tasks.promotion import PromotionError
 
 pytestmark = pytest.mark.slow
 
-SERVER_TIMEOUT = 120
 MODEL = "lm-lifecycle-lm"
 
 
@@ -72,60 +64,3 @@ def test_a_lifecycle_cached_from_another_tracking_store_still_registers_and_prom
     assert failed.info.status == "FAILED"
     assert failed.data.tags["promotion.decision"] == "error" and "reserved" in failed.data.tags["promotion.reason"]
     assert set(client.get_registered_model(MODEL).aliases) == {"champion"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` with proxied artifacts in tmp_path/server-artifacts; yields its URL."""
-    port, folder = free_port(), tmp_path / "server"
-    folder.mkdir()
-    log = open(folder / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_TIMEOUT
-        while True:
-            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, f"mlflow server not up after {SERVER_TIMEOUT} s"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-
-
-def test_with_a_tracking_server_artifacts_go_to_the_servers_store(prefect_harness, tmp_path, mlflow_server):
-    lifecycle(overrides=["debug=smoke", f"paths.root_dir={tmp_path}", f"tracking.tracking_uri={mlflow_server}"])
-
-    client, experiment, parent = lifecycle_run(mlflow_server)
-    assert experiment.artifact_location.startswith("mlflow-artifacts:")
-    runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
-    stored = tmp_path / "server-artifacts" / experiment.experiment_id
-
-    def on_server(stage: str, path: str) -> Path:
-        return stored / runs[stage].info.run_id / "artifacts" / path
-
-    assert on_server("pretrain", "model/model.safetensors").is_file()
-    assert on_server("pretrain", "config.yaml").is_file()
-    assert on_server("data", "report.md").is_file()
-    assert on_server("evaluate", "report.md").is_file()
-    assert on_server("lifecycle", "summary.md").is_file()
-    assert parent.data.tags["promotion.decision"] == "promoted"
-    assert client.get_model_version_by_alias(MODEL, "champion").run_id == runs["pretrain"].info.run_id
-    assert list(stored.glob("models/*/artifacts/MLmodel"))  # the registered pyfunc model, on the server
-    assert not (tmp_path / "mlruns").exists()  # nothing on the client's disk

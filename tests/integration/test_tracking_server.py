@@ -1,10 +1,13 @@
-"""A password in the tracking URI reaches the server and is recorded nowhere.
+"""The lifecycle against a team's tracking server: a real `mlflow server` with a proxied
+artifact store, driven through the real CLI (with its own Prefect home).
 
-A real `mlflow server`, the lifecycle through the real CLI (its own Prefect home), then
-every byte the run left behind is searched: the server's database (params, tags, run
-names) and artifact store (config.yaml, models, reports), the outputs and the stage
-cache (launch requests, config.yaml), Prefect's database (flow parameters, states,
-logs), and what the commands printed, a failing one included.
+- Artifacts go where the server says: every artifact and the registered model are in the
+  server's artifact store, none on the client's disk.
+- A password in the tracking URI reaches the server and is recorded nowhere: every byte
+  the runs left behind is searched, the server's database (params, tags, run names) and
+  artifact store (config.yaml, models, reports), the outputs and the stage cache (launch
+  requests, config.yaml), Prefect's database (flow parameters, states, logs), and what the
+  commands printed, a failing one included.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def files_holding(root: Path, needle: bytes) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
 
 
-def test_credentials_in_the_tracking_uri_are_recorded_nowhere(tmp_path: Path):
+def test_artifacts_go_to_the_server_and_credentials_are_recorded_nowhere(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -50,9 +53,19 @@ def test_credentials_in_the_tracking_uri_are_recorded_nowhere(tmp_path: Path):
 
         client = MlflowClient(server.url)
         experiment = client.get_experiment_by_name("lm-lifecycle")
-        [parent] = client.search_runs([experiment.experiment_id], "tags.stage = 'lifecycle'")
-        assert parent.info.status == "FINISHED"
-        assert parent.data.params["tracking.tracking_uri"] == uri.replace(SECRET, "***")
+        runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
+        assert runs["lifecycle"].info.status == "FINISHED"
+        assert runs["lifecycle"].data.params["tracking.tracking_uri"] == uri.replace(SECRET, "***")
+        assert runs["lifecycle"].data.tags["promotion.decision"] == "promoted"
+        assert client.get_model_version_by_alias("lm-lifecycle-lm", "champion").run_id == runs["pretrain"].info.run_id
+
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    stored = server.artifacts / experiment.experiment_id
+    for stage, path in [("pretrain", "model/model.safetensors"), ("pretrain", "config.yaml"),
+                        ("data", "report.md"), ("evaluate", "report.md"), ("lifecycle", "summary.md")]:
+        assert (stored / runs[stage].info.run_id / "artifacts" / path).is_file(), (stage, path)
+    assert list(stored.glob("models/*/artifacts/MLmodel"))  # the registered pyfunc model, on the server
+    assert not (tmp_path / "root" / "mlruns").exists()  # nothing on the client's disk
 
     assert SECRET not in ran.stdout + ran.stderr + failed.stdout + failed.stderr
     assert files_holding(tmp_path, SECRET.encode()) == []

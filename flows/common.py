@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import inspect
 import itertools
 import os
@@ -52,11 +52,7 @@ def stage_task(name: str, **options):
 
     def decorate(fn: Callable[..., StageResult]):
         def run(*args, **kwargs):
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as err:
-                redact_exception(err)  # before Prefect stores its message in the task run's state
-                raise
+            result = redacting(fn)(*args, **kwargs)
             report = Path(result.output_dir) / "report.md"
             if report.is_file():
                 create_markdown_artifact(report.read_text(), key=f"{name}-report",
@@ -79,6 +75,21 @@ def flow_config(overrides: list[str] | None) -> LifecycleConfig:
     cfg = load_config(overrides or [])
     install_log_filter()
     return cfg
+
+
+def redacting(fn: Callable) -> Callable:
+    """`fn`, with secrets masked in any exception it raises before Prefect records it (in a
+    task or flow run's state, its logs, its result). Every stage task and flow body is wrapped."""
+
+    @functools.wraps(fn)  # the signature, which Prefect reads for parameters, stays fn's
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as err:
+            redact_exception(err)
+            raise
+
+    return call
 
 
 def redact_exception(err: BaseException) -> None:
@@ -132,6 +143,7 @@ def stage_flow(name: str, stage_function: Callable[..., StageResult]):
     stage = stage_task(name)(stage_function)
 
     @flow(name=name)
+    @redacting
     def stage_alone(overrides: list[str] | None = None) -> dict:
         cfg = flow_config(overrides)
         with stage_runner(cfg.runner) as runner:
@@ -159,13 +171,18 @@ def stash_secrets(overrides: list[str]) -> list[str]:
     then hold none. (Subprocesses and local Dask workers inherit the environment.)"""
     stashed = []
     for override in overrides:
-        for secret in secrets_in(override):
+        key, equals, value = override.partition("=")
+        for secret in secrets_in(value):
             if "${" not in secret:  # already an interpolation
-                variable = f"LM_TASKS_SECRET_{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+                variable = f"LM_TASKS_SECRET_{len(_STASHED)}"  # a counter: the name says nothing of the secret
+                _STASHED.append(variable)
                 os.environ[variable] = secret
-                override = override.replace(secret, "${oc.env:%s}" % variable)
-        stashed.append(override)
+                value = value.replace(secret, "${oc.env:%s}" % variable)
+        stashed.append(key + equals + value)
     return stashed
+
+
+_STASHED: list[str] = []
 
 
 def run_cli(flow: Callable, argv: list[str] | None = None) -> None:

@@ -13,13 +13,14 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import flow_config, run_cli, run_stage, stage_runner, stage_task
+from flows.common import flow_config, redacting, run_cli, run_stage, stage_runner, stage_task
 from lm_tasks import stages
 
 finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.run_finetune)
 
 
 @flow(name="finetune")
+@redacting
 def finetune_flow(overrides: list[str] | None = None) -> dict:
     """Fine-tune every selected task alone (top-level MLflow runs tagged stage=finetune)."""
     cfg = flow_config(overrides)

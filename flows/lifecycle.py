@@ -19,7 +19,7 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, run_cli, run_stage, stage_runner, summary_markdown
+from flows.common import flow_config, redacting, run_cli, run_stage, stage_runner, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -31,6 +31,7 @@ from lm_tasks.stages import lifecycle_key
 
 
 @flow(name="lifecycle")
+@redacting
 def lifecycle(overrides: list[str] | None = None) -> dict:
     cfg = flow_config(overrides)
     gate = promotion.gate_part(cfg.promotion, list(cfg.finetune)) if cfg.promotion.enabled else None  # fail early

@@ -94,7 +94,7 @@ class StageCache:
     def __init__(self, cfg: CacheConfig):
         self.cfg = cfg
         self.remote = RemoteStore(cfg.store.rstrip("/")) if "://" in cfg.store else None
-        self.local = Path(cfg.staging_dir if self.remote else cfg.store)
+        self.local = local_root(cfg)
         refresh = cfg.refresh if isinstance(cfg.refresh, list) else [cfg.refresh]
         self.refresh = {str(name) for name in refresh if name}
         self._leased: set[str] = set()  # store leases this object holds (in `claim`)
@@ -123,6 +123,8 @@ class StageCache:
             except CorruptEntryError as err:
                 log.warning("cache: refused %s entry %s: %s; recomputing it", stage, key[:12], err)
                 self._discard(path)
+            except OSError:  # changed under us: a concurrent process is replacing it; it will be there
+                return None
             else:
                 self._upload_if_missing(stage, key, entry)
                 return entry
@@ -143,12 +145,15 @@ class StageCache:
         final = self.entry_dir(stage, key)
         work = final.with_name(f"{key}.partial")
         final.parent.mkdir(parents=True, exist_ok=True)
+        if final.parent.is_symlink():  # the store is not trusted: its stage folders could point anywhere
+            raise CorruptEntryError(f"cache: {final.parent} is a symbolic link, which a cache store never "
+                                    "holds: remove it and run again")
         with file_lock(final.with_name(f"{key}.lock")), self._lease(stage, key):
             remove_leftovers(final.parent)
-            if resume:
-                remove_temporary_files(work)
-            elif work.exists():
-                shutil.rmtree(work)
+            if work.is_symlink() or not resume:
+                remove(work)
+            else:
+                remove_untrusted_files(work)
             work.mkdir(exist_ok=True)
             yield work
 
@@ -167,7 +172,12 @@ class StageCache:
         self._discard(final)
         replace(work, final)
         if self.remote:
-            self.remote.push(entry_name(stage, key), final, manifest)
+            name = entry_name(stage, key)
+            if name in self._leased and not self.remote.holds(name):
+                raise RuntimeError(f"cache: lost the lease on {name} in {self.remote.url} (the store was away "
+                                   "too long) and another machine may be writing it: not uploading; the local "
+                                   "entry is kept and uploaded by the next run if the store lacks it")
+            self.remote.push(name, final, manifest)
         return Entry(final, manifest)
 
     def _discard(self, path: Path) -> None:
@@ -205,6 +215,8 @@ class StageCache:
         except CorruptEntryError as err:
             log.warning("cache: refused %s entry %s from the store: %s; recomputing it", stage, key[:12], err)
             return None
+        except FileNotFoundError:  # being uploaded again by another machine right now
+            return None
         finally:
             if tmp.exists() and not (tmp / MANIFEST).is_file():
                 remove(tmp)  # a refused or interrupted download
@@ -231,6 +243,11 @@ class StageCache:
                 self.remote.push(name, entry.path, entry.manifest)
 
 
+def local_root(cfg: CacheConfig) -> Path:
+    """Where entries are on this machine: the store itself, or the staging folder of a URL store."""
+    return Path(cfg.staging_dir if "://" in cfg.store else cfg.store)
+
+
 def entry_name(stage: str, key: str) -> str:
     """`<stage>/<key>`, the same locally and in the store (finetune:qa -> finetune-qa)."""
     return f"{stage.replace(':', '-')}/{key}"
@@ -245,7 +262,14 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
     The kernel releases a flock even on SIGKILL.
     """
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:  # ELOOP: a link planted at the lock's name would be followed
+            if not path.is_symlink():
+                raise
+            log.warning("cache: removing the symbolic link %s planted at a lock's name (%s)", path, err)
+            path.unlink(missing_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -284,6 +308,8 @@ def remove_leftovers(folder: Path) -> None:
             if owner_is_dead(leftover["owner"]) or _age_days(path) > LEFTOVER_DAYS:
                 log.info("cache: removing %s, left by a process that is gone", path)
                 remove(path)
+        elif path.suffix == ".partial" and path.is_symlink():
+            remove(path)  # never a work folder of ours
         elif path.suffix == ".lock" or (path.suffix == ".partial" and not (path / "checkpoints").is_dir()):
             with file_lock(path.with_suffix(".lock"), wait=False) as free:
                 if free and path.suffix == ".partial":
@@ -298,13 +324,16 @@ def _age_days(path: Path) -> float:
         return 0.0  # removed meanwhile by another process's sweep
 
 
-def remove_temporary_files(work: Path) -> None:
-    """Remove the temporary files of interrupted atomic writes (checkpoints) from a work
-    folder that is resumed; only called while holding its key's lock."""
-    for path in sorted(work.rglob(".*"), reverse=True) if work.is_dir() else []:
-        if TEMPORARY.fullmatch(path.name):
-            log.info("cache: removing %s, an interrupted write", path)
-            remove(path)
+def remove_untrusted_files(work: Path) -> None:
+    """Before a work folder is resumed (holding its key's lock): remove the temporary files
+    of interrupted atomic writes (checkpoints), and any symbolic link, through which the
+    stage would write outside the store."""
+    for folder, dirs, files in os.walk(work):  # does not follow links
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() or TEMPORARY.fullmatch(name):
+                log.info("cache: removing %s, %s", path, "a link" if path.is_symlink() else "an interrupted write")
+                remove(path)
 
 
 def remove(path: Path) -> None:

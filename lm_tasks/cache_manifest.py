@@ -9,7 +9,8 @@ entry may hold symlinks. Before any file of an entry is read or written:
 - every name is a plain relative path inside the entry: no absolute path, no `..` or `.`,
   no empty part, no backslash, nothing that normalises to another spelling;
 - the entry holds no symlink anywhere (a link could lead out of it);
-- every file has its recorded size and digest.
+- every file has its recorded size and digest, and the entry holds no file it does not list;
+- the fields a stage records beside its files (run id, digest, metrics...) have their types.
 
 An entry failing any of these raises CorruptEntryError, naming the entry; the cache then
 refuses it and recomputes the stage.
@@ -29,6 +30,9 @@ MANIFEST = "stage.json"
 MAX_MANIFEST_BYTES = 4 << 20  # a manifest lists names and digests: a few MB is thousands of files
 MAX_FILES = 10_000
 DIGEST = re.compile(r"[0-9a-f]{64}")
+# The fields a stage records beside its files (lm_tasks.stages.StageResult), read back on a hit.
+FIELD_TYPES = {"stage": str, "output_dir": str, "digest": str, "run_id": str, "seconds": (int, float),
+               "metrics": dict, "cached": bool, "part": str}
 
 
 class CorruptEntryError(RuntimeError):
@@ -76,6 +80,13 @@ def parse_manifest(raw: bytes, where: str, key: str) -> dict:
         size = sizes[name]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise CorruptEntryError(f"{where}: the size of {name!r} is not a byte count")
+    for field, kind in FIELD_TYPES.items():
+        if field in manifest and not isinstance(manifest[field], kind):
+            raise CorruptEntryError(f"{where}: the manifest's {field!r} is not a {getattr(kind, '__name__', 'number')}")
+    metrics = manifest.get("metrics", {})
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+               for k, v in metrics.items()):
+        raise CorruptEntryError(f"{where}: the manifest's metrics are not names with numbers")
     folders = {str(parent) for name in files for parent in PurePosixPath(name).parents}
     if folders & files.keys():
         raise CorruptEntryError(f"{where}: the manifest names a file that is also a folder")
@@ -98,16 +109,21 @@ def verify(path: Path, key: str | None = None) -> dict:
     for folder in (path.parent, path):
         if folder.is_symlink():
             raise CorruptEntryError(f"{folder} is a symlink")
+    present = set()
     for folder, dirs, names in os.walk(path):
         for name in dirs + names:
             if os.path.islink(os.path.join(folder, name)):
                 raise CorruptEntryError(f"{path}: {os.path.join(folder, name)} is a symlink")
+        present.update(Path(folder, name).relative_to(path).as_posix() for name in names)
     try:
         with open(path / MANIFEST, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as err:
         raise CorruptEntryError(f"{path / MANIFEST} is unreadable ({err})") from err
     manifest = parse_manifest(raw, str(path), key)
+    unlisted = present - manifest["files"].keys() - {MANIFEST}
+    if unlisted:  # files the manifest does not vouch for would travel on (exported, logged) unchecked
+        raise CorruptEntryError(f"{path}: {sorted(unlisted)[0]!r} is not listed in the manifest")
     for name, digest in manifest["files"].items():
         file = path / name
         if not file.is_file():

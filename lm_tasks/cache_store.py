@@ -67,6 +67,7 @@ class RemoteStore:
     def __init__(self, url: str):
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url)
+        self._held: dict[str, Lease] = {}  # the leases this process holds, by entry name
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -149,10 +150,20 @@ class RemoteStore:
         if not lease.acquire(wait):
             yield False
             return
+        self._held[name] = lease
         try:
             yield True
         finally:
-            lease.release()
+            del self._held[name]
+            try:
+                lease.release()
+            except Exception as err:  # a store outage: the lease expires by itself; keep the stage's outcome
+                log.warning("cache: could not release the lease %s (%s: %s)", lease.path, type(err).__name__, err)
+
+    def holds(self, name: str) -> bool:
+        """Whether this process still holds the lease on `name`: another machine takes a lease
+        over when it was not renewed in time (a long store outage), and then computes too."""
+        return name in self._held and self._held[name]._owned()
 
 
 class Lease:
@@ -206,10 +217,14 @@ class Lease:
         return self._owned()  # read back: a store that ignores "x" lets the last writer win
 
     def _read(self) -> bytes | None:
+        """The lease's first 4 KB; b"" (unreadable, so stale in time) for anything that is not a
+        readable file (a folder planted at its name); None when there is no lease."""
         try:
-            return self.fs.cat_file(self.path)[:4096]
+            return self.fs.cat_file(self.path, start=0, end=4096)
         except FileNotFoundError:
             return None
+        except OSError:
+            return b""
 
     def _owned(self) -> bool:
         return _parse(self._read()).get("owner") == self.owner
@@ -235,7 +250,7 @@ class Lease:
         """Remove the lease if it is still the stale one (not a lease just taken by another)."""
         if self._read() == expected:
             try:
-                self.fs.rm(self.path)
+                self.fs.rm(self.path, recursive=True)  # a planted folder too
             except FileNotFoundError:
                 pass
 

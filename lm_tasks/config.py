@@ -495,7 +495,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(redact(_explain(err, overrides))) from None
     remember(OmegaConf.to_container(cfg))  # the resolved config may carry credentials (tracking_uri)
-    config.resolved_yaml = redact(OmegaConf.to_yaml(cfg))  # what the record keeps, secrets masked
+    config.resolved_yaml = redact(OmegaConf.to_yaml(cfg), remembered=False)  # the record, credentials masked
     return config
 
 
@@ -518,13 +518,13 @@ def _check_places(cfg: LifecycleConfig) -> None:
     """Outputs stay where the config says and never inside the cache store (or around it):
     `name` is a plain folder name, no path climbs with '..', and no output folder overlaps a
     cache folder, because stages replace what they find at their output paths."""
-    if not NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+    if not NAME.fullmatch(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
                           "no '/' or leading dot): it names outputs/<name>/ and the MLflow experiment")
     places = {f"paths.{key}": value for key, value in vars(cfg.paths).items()}
     protected = {"cache.staging_dir": cfg.cache.staging_dir}
-    if "://" not in cfg.cache.store:
-        protected["cache.store"] = cfg.cache.store
+    if "://" not in cfg.cache.store or cfg.cache.store.startswith("file://"):
+        protected["cache.store"] = cfg.cache.store.removeprefix("file://")
     for key, value in {**places, **protected}.items():
         if ".." in Path(value).parts:
             raise ConfigError(f"{key}={value!r} climbs with '..': give the folder as an absolute path")

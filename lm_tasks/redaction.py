@@ -6,10 +6,11 @@ them to connect, but nothing it records may hold them: MLflow params, tags and r
 config artifacts, `outputs/<name>/config.yaml`, launch requests, logs, error messages.
 Every such sink passes its text through `redact`:
 
-- the password of a URL's user-info becomes `***` (`http://user:***@host`);
+- the password of a URL's user-info becomes `***` (`http://user:***@host`), and a
+  user-info without a password, often a token, becomes `***` as a whole;
 - the value of a secret-looking query parameter becomes `***` (`?token=***`);
-- any secret seen once (`remember`, called on every loaded config) is masked wherever it
-  appears later, even outside a URL (a driver's error message quoting it alone).
+- in free text (logs, error messages), any secret seen once (`remember`, called on every
+  loaded config) is masked wherever it appears later, even outside a URL.
 
 The supported ways to pass credentials keep them out of the config entirely: MLflow's
 environment variables (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or
@@ -27,7 +28,9 @@ from typing import Any
 MASK = "***"
 
 # scheme://user:password@host -> the password; it may itself hold '@' (greedy up to the last one).
-_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s'\"]*:)(?P<secret>[^/?#\s'\"]+)@")
+_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)(?P<secret>[^/?#\s]+)@")
+# scheme://token@host: a user-info without a password is often a token; the whole of it.
+_TOKEN = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<secret>[^:/?#@\s]+)@")
 _SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "access_token", "refresh_token", "api_key",
                   "apikey", "access_key", "secret_key", "sig", "signature", "credential", "x-amz-signature",
                   "x-amz-credential", "x-amz-security-token", "sslpassword")
@@ -40,7 +43,7 @@ _known: set[str] = set()
 
 def secrets_in(text: str) -> list[str]:
     """The secret parts (passwords, token values) of the URLs in `text`."""
-    return [m.group("secret") for pattern in (_USERINFO, _QUERY) for m in pattern.finditer(text)
+    return [m.group("secret") for pattern in (_USERINFO, _TOKEN, _QUERY) for m in pattern.finditer(text)
             if m.group("secret") != MASK]
 
 
@@ -51,24 +54,28 @@ def remember(value: Any) -> None:
         _known.update(s for s in secrets_in(text) if len(s) >= _MIN_REMEMBERED)
 
 
-def redact(text: str) -> str:
-    """`text` with credentials in URLs and every remembered secret replaced by ***."""
+def redact(text: str, remembered: bool = True) -> str:
+    """`text` with the credentials in its URLs replaced by ***, and (for free text: logs, error
+    messages) every remembered secret too. Records of values (params, tags, config files)
+    pass `remembered=False`: a short password must not mask part of a run id or a path."""
     if not isinstance(text, str) or not text:
         return text
     text = _USERINFO.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    text = _TOKEN.sub(lambda m: m.group(0) if m.group("secret") == MASK else f"{m.group('head')}{MASK}@", text)
     text = _QUERY.sub(lambda m: f"{m.group('head')}{MASK}", text)
-    for secret in sorted(_known, key=len, reverse=True):  # the longest first: one may contain another
-        text = text.replace(secret, MASK)
+    if remembered:
+        for secret in sorted(_known, key=len, reverse=True):  # the longest first: one may contain another
+            text = text.replace(secret, MASK)
     return text
 
 
 def redact_tree(value: Any) -> Any:
-    """A copy of a JSON-like tree with every string redacted."""
+    """A copy of a JSON-like record (a request, tags) with the credentials in its URLs masked."""
     if isinstance(value, dict):
         return {k: redact_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_tree(v) for v in value]
-    return redact(value) if isinstance(value, str) else value
+    return redact(value, remembered=False) if isinstance(value, str) else value
 
 
 class RedactingFilter(logging.Filter):

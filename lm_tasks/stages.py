@@ -28,8 +28,8 @@ from typing import Callable
 import mlflow
 
 from lm_tasks import tracking
-from lm_tasks.artifacts import file_digest, files_digest, write_json
-from lm_tasks.cache import Entry, StageCache, stage_key
+from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
+from lm_tasks.cache import Entry, StageCache, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 
@@ -466,7 +466,7 @@ def _link_latest(cfg: LifecycleConfig, stage: str, target: Path) -> None:
     """Point paths.<stage>_dir (finetune_dir/<task> for a task) at the stage's latest output.
     Only a link into the cache (one this function made) is ever replaced: never a real
     folder or someone else's link."""
-    cache_root = StageCache(cfg.cache).local
+    cache_root = local_root(cfg.cache)
     family, _, task = stage.partition(":")
     folder = {"data": cfg.paths.data_dir, "tokenizer": cfg.paths.tokenizer_dir, "pretrain": cfg.paths.pretrain_dir,
               "finetune": cfg.paths.finetune_dir, "evaluate": cfg.paths.eval_dir}[family]
@@ -479,4 +479,4 @@ def _link_latest(cfg: LifecycleConfig, stage: str, target: Path) -> None:
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.resolve(), target_is_directory=True)
-    os.replace(tmp, link)  # atomic: concurrent jobs never see a missing link
+    replace(tmp, link)  # atomic: concurrent jobs never see a missing link

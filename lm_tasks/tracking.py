@@ -100,7 +100,7 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
     family = stage.split(":")[0]  # finetune:classification is tagged stage=finetune
     all_tags = {"stage": family, "host": socket.gethostname(), "pid": str(os.getpid()),  # who ran it
                 **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else redact(name),
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else redact(name, remembered=False),
                            parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=redact_tree(all_tags))
     if resume_from is not None:
         write_json(resume_from, {"run_id": run.info.run_id})
@@ -162,7 +162,7 @@ def unfinished_lifecycle(cfg: LifecycleConfig, key: str) -> str | None:
 def log_params(params: dict) -> None:
     items = list(params.items())
     for start in range(0, len(items), PARAMS_PER_CALL):
-        mlflow.log_params({k: redact(str(v)) for k, v in items[start:start + PARAMS_PER_CALL]})
+        mlflow.log_params({k: redact(str(v), remembered=False) for k, v in items[start:start + PARAMS_PER_CALL]})
 
 
 def log_metrics(metrics: dict, prefix: str = "", step: int | None = None) -> None:

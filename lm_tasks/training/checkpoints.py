@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lm_tasks.artifacts import replace
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be loaded."""
@@ -43,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            replace(tmp, path)  # then the folder is synced: the rename survives a power cut
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -66,9 +68,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"Checkpoint {path} holds objects other than tensors and plain values ({_refused(err)}); it was "
-            "not loaded, since building them could run code. lm_tasks never writes such a file: it may "
-            "have been planted in the cache store. Delete it, or pass cache.refresh=pretrain to restart this "
-            "stage from scratch."
+            "not loaded, since building them could run code. It may have been planted in the cache store, "
+            "or written by an lm-tasks version from before checkpoints held only plain values. Delete it, or "
+            "pass cache.refresh=pretrain to restart this stage from scratch."
         ) from None  # torch's message suggests weights_only=False, which must not be followed here
     except Exception as err:
         raise CheckpointError(

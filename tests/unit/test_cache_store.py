@@ -80,6 +80,9 @@ def test_a_name_that_is_not_a_plain_relative_path_is_refused(name):
     (manifest({"a": "0" * 64}, key="cd" * 32), "is for key"),
     (manifest({f"f{i}": "0" * 64 for i in range(MAX_FILES + 1)}), "more than"),
     (manifest({}, junk="x" * (5 << 20)), "over"),
+    (manifest({}, metrics=[]), "'metrics' is not a dict"),
+    (manifest({}, metrics={"eval/lm/bpb": "abc"}), "metrics are not names with numbers"),
+    (manifest({}, run_id=7), "'run_id' is not a str"),
 ])
 def test_a_malformed_manifest_is_refused(raw, message):
     with pytest.raises(CorruptEntryError, match=message):
@@ -357,3 +360,61 @@ def test_a_resumed_stage_keeps_its_checkpoints_and_loses_interrupted_writes(tmp_
     with cache.claim("pretrain", KEY) as work:  # cache.refresh=pretrain: this key starts over
         assert files_under(work) == set()
         assert other.exists()  # another configuration's pretraining, resumable later
+
+
+# --- the review's hostile layouts ------------------------------------------------------------
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(tmp_path):
+    cache = make_cache(tmp_path / "store", tmp_path / "staging")
+    entry, _ = run_stage(cache)
+    (entry / "model" / "extra.py").write_text("print('not vouched for')")
+    with pytest.raises(CorruptEntryError, match="'model/extra.py' is not listed"):
+        verify(entry, KEY)
+    _, computed = run_stage(cache)
+    assert computed and not (entry / "model" / "extra.py").exists()
+
+
+def test_planted_links_in_a_shared_folder_store_lead_nowhere(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "checkpoints").mkdir(parents=True)
+    (victim / ".keep.abcd1234").write_text("a file that looks temporary")
+    (victim / "poetry.lock").write_text("kept")
+    folder = tmp_path / "store" / "data"
+    folder.mkdir(parents=True)
+    (folder / f"{KEY}.partial").symlink_to(victim)  # a work folder pointing outside
+    (folder / f"{KEY}.lock").symlink_to(victim / "poetry.lock")  # a lock pointing outside
+    cache = make_cache(tmp_path / "store", tmp_path / "staging")
+    for resume in (True, False):
+        with cache.claim("data", KEY, resume=resume) as work:
+            assert not work.is_symlink() and work.parent == folder
+    assert sorted(p.name for p in victim.iterdir()) == [".keep.abcd1234", "checkpoints", "poetry.lock"]
+    assert (victim / "poetry.lock").read_text() == "kept"
+
+
+def test_a_linked_stage_folder_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "data").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CorruptEntryError, match="is a symbolic link"):
+        with make_cache(tmp_path / "store", tmp_path / "staging").claim("data", KEY):
+            pass
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_folder_planted_at_a_lease_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_store, "LEASE_SECONDS", 1.0)
+    (tmp_path / "store" / "data" / f"{KEY}.lease" / "x").mkdir(parents=True)
+    _, computed = run_stage(make_cache(f"file://{tmp_path}/store", tmp_path / "staging"))
+    assert computed and (tmp_path / "store" / "data" / KEY / "stage.json").is_file()
+
+
+def test_an_upload_after_the_lease_was_lost_is_refused(tmp_path):
+    cache = make_cache(f"file://{tmp_path}/store", tmp_path / "staging")
+    with pytest.raises(RuntimeError, match="lost the lease"):
+        with cache.claim("data", KEY) as work:
+            (work / "out.txt").write_text("x")
+            lease = tmp_path / "store" / "data" / f"{KEY}.lease"
+            lease.write_text(json.dumps({"owner": "other-host-1-00000000", "expires": time.time() + 60}))
+            cache.commit("data", KEY, work, {"stage": "data"})
+    assert not (tmp_path / "store" / "data" / KEY).exists()  # nothing pushed over the other machine's work

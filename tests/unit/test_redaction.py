@@ -19,6 +19,8 @@ SECRET = "s3cr3t-pa55"
     ("uri=https://u:tok@example.com?x=1 next", "uri=https://u:***@example.com?x=1 next"),
     ("s3://bucket/key?X-Amz-Signature=abcdef&X-Amz-Credential=AKIA1", "s3://bucket/key?X-Amz-Signature=***&X-Amz-Credential=***"),
     ("https://host/x?token=abc123&page=2", "https://host/x?token=***&page=2"),
+    ("http://alice:pa'ss\"w@host/", "http://alice:***@host/"),
+    ("git clone https://ghp_T0KEN123@github.com/org/repo", "git clone https://***@github.com/org/repo"),
     # Nothing to mask: ports, plain URLs, e-mail addresses, sqlite paths.
     ("http://127.0.0.1:5000/api/2.0", "http://127.0.0.1:5000/api/2.0"),
     ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
@@ -31,7 +33,9 @@ def test_redact_masks_credentials_in_urls(text, expected):
 def test_remembered_secret_is_masked_anywhere():
     remember({"tracking": {"tracking_uri": f"http://bob:{SECRET}@tracking.example:443"}})
     assert redact(f"password authentication failed: '{SECRET}' rejected") == f"password authentication failed: '{MASK}' rejected"
-    assert redact_tree({"a": [f"x {SECRET}", 3], "b": None}) == {"a": [f"x {MASK}", 3], "b": None}
+    # Records of values mask URLs only: a password must not eat into ids, keys or paths.
+    tags = {"cache_key": f"ab{SECRET}cd", "uri": f"http://bob:{SECRET}@h", "n": 3, "none": None}
+    assert redact_tree(tags) == {"cache_key": f"ab{SECRET}cd", "uri": "http://bob:***@h", "n": 3, "none": None}
 
 
 def test_log_filter_masks_message_and_traceback():
@@ -107,6 +111,7 @@ def test_command_line_credentials_never_reach_the_flow_parameters(tmp_path):
     uri = f"http://gina:{SECRET}@127.0.0.1:1/api"
     overrides = stash_secrets([f"paths.root_dir={tmp_path}", f"tracking.tracking_uri={uri}", "optim.lr=0.01"])
     assert not any(SECRET in o for o in overrides)
+    assert overrides[1].startswith("tracking.tracking_uri=http://gina:${oc.env:LM_TASKS_SECRET_")
     assert overrides[2] == "optim.lr=0.01"
     assert load_config(overrides).tracking.tracking_uri == uri  # read back from this process's environment
 

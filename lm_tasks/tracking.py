@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from lm_tasks.artifacts import write_json
 from lm_tasks.config import DataConfig, LifecycleConfig, TrackingConfig
+from lm_tasks.retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
     interrupted earlier attempt, continues that run instead of starting a new one.
     """
     experiment_id = configure(cfg.tracking)
+    patience = 60 * cfg.tracking.outage_patience_minutes
     if run_id is None and resume_from is not None and resume_from.is_file():
         run_id = _resumable(json.loads(resume_from.read_text())["run_id"], parent_run_id)
     name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
@@ -98,13 +100,33 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
         else:
             log.info("%s: continuing MLflow run %s of an interrupted attempt", stage, run_id)
         yield run
-    except Exception:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except Exception as err:
+        _end_run(run.info.run_id, RunStatus.FAILED, patience, ending=err)
         raise
-    except BaseException:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    except BaseException as err:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal: no waiting
+        _end_run(run.info.run_id, RunStatus.KILLED, 0, ending=err)
         raise
-    mlflow.end_run()
+    _end_run(run.info.run_id, RunStatus.FINISHED, patience)
+
+
+def _end_run(run_id: str, status: int, patience_s: float, ending: BaseException | None = None) -> None:
+    """End the active run `run_id` with `status`, retrying transient errors (a server away)
+    for up to `patience_s`. When the block raised `ending`, a failure here is only warned
+    about: the error that ended the block is the one to report."""
+    name = RunStatus.to_string(status)
+    try:
+        try:
+            mlflow.end_run(name)  # takes the run off the active-run stack, then sends the status
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            retry_transient(lambda: MlflowClient().set_terminated(run_id, name),
+                            f"Marking MLflow run {run_id} {name}", patience_s)
+    except Exception as err:
+        if ending is None:
+            raise
+        log.warning("Could not mark MLflow run %s %s (%s: %s); it may still show RUNNING. "
+                    "The error that ended the run follows.", run_id, name, type(err).__name__, err)
 
 
 def _resumable(run_id: str, parent_run_id: str | None) -> str | None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 200_000  # batches kept while the server is away: ~4 days of a log line every step at 1 step/s
 FIRST_DELAY_S, MAX_DELAY_S = 1.0, 15.0  # between tries of the sender, besides MLflow's own HTTP retries
 FAILED_RUN_GRACE_S = 10.0  # a failed or interrupted training waits no longer than this for its last metrics
-PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+PARAMS_PER_BATCH, METRICS_PER_REQUEST = 100, 1000  # MLflow's log_batch limits
 
 
 class OutageTolerantMLFlowLogger(MLFlowLogger):
@@ -101,15 +101,18 @@ class OutageTolerantMLFlowLogger(MLFlowLogger):
                                f"{self._refused}") from self._refused
 
     def _send_pending(self) -> None:
-        """The sender thread: the oldest batch first, tried again until the server takes it."""
+        """The sender thread: the oldest batches first, tried again until the server takes them."""
         delay, away_since = FIRST_DELAY_S, None
         while True:
             with self._changed:
                 while not self._pending:
                     self._changed.wait()
-                batch = self._pending[0]
+                batches = self._next_request()
             try:
-                self._mlflow_client.log_batch(self._run_id, **batch)
+                if "params" in batches[0]:
+                    self._mlflow_client.log_batch(self._run_id, params=batches[0]["params"])
+                else:
+                    self._mlflow_client.log_batch(self._run_id, metrics=[m for b in batches for m in b["metrics"]])
             except Exception as err:
                 if not is_transient(err):
                     with self._changed:
@@ -124,10 +127,24 @@ class OutageTolerantMLFlowLogger(MLFlowLogger):
                 delay = min(2 * delay, MAX_DELAY_S)
                 continue
             with self._changed:
-                if self._pending and self._pending[0] is batch:  # not cleared by finalize meanwhile
-                    self._pending.popleft()
+                for batch in batches:
+                    if self._pending and self._pending[0] is batch:  # not cleared by finalize meanwhile
+                        self._pending.popleft()
                 self._changed.notify_all()
             if away_since is not None:
                 log.warning("MLflow server back after %.0f s; sending the %d kept batches",
                             time.monotonic() - away_since, len(self._pending))
                 delay, away_since = FIRST_DELAY_S, None
+
+    def _next_request(self) -> list[dict]:
+        """The oldest kept batches that one log_batch request takes: a params batch alone, or
+        consecutive metric batches (after an outage, thousands go in a few requests)."""
+        batches, count = [], 0
+        for batch in self._pending:
+            if "params" in batch:
+                return batches or [batch]
+            count += len(batch["metrics"])
+            if batches and count > METRICS_PER_REQUEST:
+                break
+            batches.append(batch)
+        return batches

@@ -75,11 +75,13 @@ class OutageTolerantMLFlowLogger(MLFlowLogger):
                 self._changed.wait(timeout=max(0.0, deadline - time.monotonic()))
             unsent, dropped = len(self._pending), self._dropped
             self._pending.clear()
-        if unsent or dropped:
-            log.error("MLflow run %s: %d metric/param batches could not be sent (tracking server away for "
-                      "over %.0f min: raise tracking.outage_patience_minutes to wait longer) and %d were "
-                      "dropped while the server was away (more than %d kept)",
-                      self._run_id, unsent, patience_s / 60, dropped, MAX_PENDING)
+        if unsent:
+            log.error("MLflow run %s: %d metric/param batches not sent: the tracking server was still away "
+                      "after %.1f min (tracking.outage_patience_minutes sets how long to wait)",
+                      self._run_id, unsent, patience_s / 60)
+        if dropped:
+            log.error("MLflow run %s: the %d oldest metric/param batches were dropped: the tracking server "
+                      "was away while more than %d waited", self._run_id, dropped, MAX_PENDING)
         if status == "success":
             self._raise_refusal()
 

@@ -1,9 +1,9 @@
 """The training logger: Lightning's MLFlowLogger, made to outlive a tracking server outage.
 
-Metrics and params are sent by a background thread, one batch at a time in the order
-they were logged, each metric with its step and the time it was logged. While the server
-is away (a transient error: lm_tasks.retry.is_transient) the batches wait in memory and
-the thread tries again with backoff; the training loop never waits for the network.
+Metrics and params are sent by a background thread, in the order they were logged (one
+request a second at most), each metric with its step and the time it was logged. While the
+server is away (a transient error: lm_tasks.retry.is_transient) the batches wait in memory
+and the thread tries again with backoff; the training loop never waits for the network.
 At the end of training `finalize` waits for the last batches, up to the outage patience.
 A batch the server refuses (a 4xx: a bug, not an outage) stops training at the next log
 call, as Lightning's own logger would.
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 200_000  # batches kept while the server is away: ~4 days of a log line every step at 1 step/s
 FIRST_DELAY_S, MAX_DELAY_S = 1.0, 15.0  # between tries of the sender, besides MLflow's own HTTP retries
+SEND_INTERVAL_S = 1.0  # at most one request a second: little load on the server, whatever the step rate
 FAILED_RUN_GRACE_S = 10.0  # a failed or interrupted training waits no longer than this for its last metrics
 PARAMS_PER_BATCH, METRICS_PER_REQUEST = 100, 1000  # MLflow's log_batch limits
 
@@ -75,7 +76,8 @@ class OutageTolerantMLFlowLogger(MLFlowLogger):
                 self._changed.wait(timeout=max(0.0, deadline - time.monotonic()))
             unsent, dropped = len(self._pending), self._dropped
             self._pending.clear()
-        if unsent:
+            self._dropped = 0
+        if unsent and self._refused is None:
             log.error("MLflow run %s: %d metric/param batches not sent: the tracking server was still away "
                       "after %.1f min (tracking.outage_patience_minutes sets how long to wait)",
                       self._run_id, unsent, patience_s / 60)
@@ -137,6 +139,7 @@ class OutageTolerantMLFlowLogger(MLFlowLogger):
                 log.warning("MLflow server back after %.0f s; sending the %d kept batches",
                             time.monotonic() - away_since, len(self._pending))
                 delay, away_since = FIRST_DELAY_S, None
+            time.sleep(SEND_INTERVAL_S)  # what is logged meanwhile goes in the next request
 
     def _next_request(self) -> list[dict]:
         """The oldest kept batches that one log_batch request takes: a params batch alone, or

@@ -22,26 +22,26 @@ from prefect.task_runners import TaskRunner
 
 from lm_tasks.config import ConfigError, LifecycleConfig, RunnerConfig, load_config
 from lm_tasks.redaction import install_log_filter, redact, secrets_in
+from lm_tasks.retry import is_transient
 from lm_tasks.stages import StageResult
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-IO_ERRORS = (ConnectionError, TimeoutError)
 
 
 def retry_on_io(task, task_run, state) -> bool:
-    """Prefect retry condition: retry network and timeout errors, nothing else."""
+    """Prefect retry condition: retry transient network and server errors
+    (lm_tasks.retry.is_transient), nothing else."""
     try:
         state.result()
-    except IO_ERRORS:
-        return True
-    except Exception:
-        return False
+    except Exception as err:
+        return is_transient(err)
     return False
 
 
-# Every stage task: retried on network and timeout errors (a Hub download, a remote
-# cache or tracking server), failed at once on anything else.
-RETRY_POLICY = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io}
+# Every stage task: retried on transient errors (a Hub download, a remote cache or
+# tracking server away or overloaded), failed at once on anything else. The second try
+# waits a minute: long enough for a server restart.
+RETRY_POLICY = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": retry_on_io}
 
 
 def stage_task(name: str, **options):

@@ -371,6 +371,7 @@ class TrackingConfig:
     artifact_location: Optional[str]
     experiment_name: str
     run_name: Optional[str]
+    outage_patience_minutes: float = 30.0
 
 
 STAGES = ("data", "tokenizer", "pretrain", "finetune", "evaluate")

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from lm_tasks.artifacts import write_json
 from lm_tasks.config import DataConfig, LifecycleConfig, TrackingConfig
 from lm_tasks.redaction import redact, redact_tree
+from lm_tasks.retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,17 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
     interrupted earlier attempt, continues that run instead of starting a new one.
     """
     experiment_id = configure(cfg.tracking)
-    if run_id is None and resume_from is not None and resume_from.is_file():
-        run_id = _resumable(json.loads(resume_from.read_text())["run_id"], parent_run_id)
-    name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
+    patience = 60 * cfg.tracking.outage_patience_minutes
     family = stage.split(":")[0]  # finetune:classification is tagged stage=finetune
+    if run_id is None and resume_from is not None and resume_from.is_file():
+        expected = {"stage": family, "cache_key": (tags or {}).get("cache_key")}
+        run_id = _resumable(resume_from, parent_run_id, experiment_id, expected)
+    name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
     all_tags = {"stage": family, "host": socket.gethostname(), "pid": str(os.getpid()),  # who ran it
                 **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else redact(name, remembered=False),
-                           parent_run_id=parent_run_id, nested=parent_run_id is not None, tags=redact_tree(all_tags))
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
+                           run_name=None if run_id else redact(name, remembered=False), parent_run_id=parent_run_id,
+                           nested=parent_run_id is not None, tags=redact_tree(all_tags))
     if resume_from is not None:
         write_json(resume_from, {"run_id": run.info.run_id})
     try:
@@ -111,25 +115,51 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
         else:
             log.info("%s: continuing MLflow run %s of an interrupted attempt", stage, run_id)
         yield run
-    except Exception:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except Exception as err:
+        _end_run(run.info.run_id, RunStatus.FAILED, patience, ending=err)
         raise
-    except BaseException:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    except BaseException as err:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal: no waiting
+        _end_run(run.info.run_id, RunStatus.KILLED, 0, ending=err)
         raise
-    mlflow.end_run()
+    _end_run(run.info.run_id, RunStatus.FINISHED, patience)
 
 
-def _resumable(run_id: str, parent_run_id: str | None) -> str | None:
-    """`run_id` if it can be continued (it exists), re-parented under `parent_run_id`."""
-    client = MlflowClient()
+def _end_run(run_id: str, status: int, patience_s: float, ending: BaseException | None = None) -> None:
+    """End the active run `run_id` with `status`, retrying transient errors (a server away)
+    for up to `patience_s`. When the block raised `ending`, a failure here is only warned
+    about: the error that ended the block is the one to report."""
+    name = RunStatus.to_string(status)
     try:
-        client.get_run(run_id)
-    except MlflowException:
+        try:
+            mlflow.end_run(name)  # takes the run off the active-run stack, then sends the status
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            retry_transient(lambda: MlflowClient().set_terminated(run_id, name),
+                            f"Marking MLflow run {run_id} {name}", patience_s)
+    except Exception as err:
+        if ending is None:
+            raise
+        log.warning("Could not mark MLflow run %s %s (%s: %s); it may still show RUNNING. "
+                    "The error that ended the run follows.", run_id, name, type(err).__name__, err)
+
+
+def _resumable(resume_from: Path, parent_run_id: str | None, experiment_id: str, expected: dict) -> str | None:
+    """The run an interrupted earlier attempt of this stage saved in `resume_from`, re-parented
+    under `parent_run_id`; None when the file is unreadable or names another run. The file
+    lives in a shared store's `.partial` folder and is not trusted: it must name a run of this
+    experiment with this stage and cache key, or any run could be written into."""
+    try:
+        run = MlflowClient().get_run(str(json.loads(resume_from.read_text())["run_id"]))
+    except (OSError, ValueError, KeyError, TypeError, MlflowException):
+        return None
+    if run.info.experiment_id != experiment_id or any(run.data.tags.get(k) != v for k, v in expected.items()):
+        log.warning("Not continuing MLflow run %s named in %s: it is not this stage's run (another experiment, "
+                    "stage or cache key); starting a new run", run.info.run_id, resume_from)
         return None
     if parent_run_id is not None:
-        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
-    return run_id  # mlflow.start_run(run_id=...) sets it RUNNING again
+        MlflowClient().set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+    return run.info.run_id  # mlflow.start_run(run_id=...) sets it RUNNING again
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lm_tasks.artifacts import read_json, write_json
 from lm_tasks.config import ConfigError, LifecycleConfig, TrainerConfig, config_from_dict
-from lm_tasks.redaction import redact_tree
+from lm_tasks.redaction import install_log_filter, redact_tree, remember
 from lm_tasks.training.distributed import world_size
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
     launcher = resolve_launcher(cfg.trainer)
     counted = job == "pretrain" and not cfg.model.trainable  # an n-gram model is fitted in one process
     if world_size(cfg.trainer) == 1 or launcher == "none" or counted:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        summary = _train(job, cfg, inputs, out_dir, MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id))
+        summary = _train(job, cfg, inputs, out_dir, training_logger(cfg, tracking_uri, run_id))
         write_json(out_dir / SUMMARY, summary)
         return summary
     request = write_request(out_dir, job, cfg, inputs, tracking_uri, run_id)
@@ -57,8 +55,9 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
         join.write_text(f"#!/bin/sh\n# Run on each of the other {cfg.trainer.num_nodes - 1} node(s) to join "
                         f"this {job} job (shared filesystem).\ncd {shlex.quote(os.getcwd())} && exec "
                         f"{shlex.join(command)}\n")
-        log.warning("%s: waiting for %d more node(s) to join at %s: on each, run  sh %s", job,
-                    cfg.trainer.num_nodes - 1, rendezvous_endpoint(cfg.trainer), join)
+        log.warning("%s: waiting for %d more node(s) to join at %s: on each, run  sh %s  (with the tracking "
+                    "credentials in its environment: %s, or MLflow's MLFLOW_TRACKING_* variables)", job,
+                    cfg.trainer.num_nodes - 1, rendezvous_endpoint(cfg.trainer), join, TRACKING_URI_ENV)
     log.info("%s: %d processes: %s", job, world_size(cfg.trainer), shlex.join(command))
     result = subprocess.run(command, env={**os.environ, TRACKING_URI_ENV: tracking_uri})
     if result.returncode != 0:
@@ -110,16 +109,27 @@ def launch_command(t: TrainerConfig, launcher: str, request: Path, rdzv_id: str)
             f"--rdzv-endpoint={rendezvous_endpoint(t)}", f"--rdzv-id={rdzv_id}", *worker]
 
 
+def training_logger(cfg: LifecycleConfig, tracking_uri: str, run_id: str):
+    """The Lightning logger of rank 0: into the stage's run, surviving a tracking server outage."""
+    from lm_tasks.training.mlflow_logger import OutageTolerantMLFlowLogger
+
+    return OutageTolerantMLFlowLogger(tracking_uri, run_id, patience_s=60 * cfg.tracking.outage_patience_minutes)
+
+
 def _train(job: str, cfg: LifecycleConfig, inputs: dict, out_dir: Path, logger) -> dict:
     if job == "pretrain":
         from lm_tasks.training.pretrain import pretrain
 
-        return pretrain(cfg, inputs["tokens_dir"], inputs["tokenizer_path"], out_dir, logger)
-    if job == "finetune":
+        summary = pretrain(cfg, inputs["tokens_dir"], inputs["tokenizer_path"], out_dir, logger)
+    elif job == "finetune":
         from lm_tasks.training.finetune import finetune_task
 
-        return finetune_task(cfg, inputs["task"], inputs["pretrained_dir"], out_dir, logger)
-    raise ValueError(f"unknown training job {job!r}; expected pretrain or finetune")
+        summary = finetune_task(cfg, inputs["task"], inputs["pretrained_dir"], out_dir, logger)
+    else:
+        raise ValueError(f"unknown training job {job!r}; expected pretrain or finetune")
+    if logger:  # sends what is still kept; Lightning did already where it trained (not an n-gram fit)
+        logger.finalize("success")
+    return summary
 
 
 def global_rank() -> int:
@@ -128,12 +138,13 @@ def global_rank() -> int:
 
 
 def main(request_path: str) -> None:
-    from lightning.pytorch.loggers import MLFlowLogger
-
     request = read_json(request_path)
     cfg = config_from_dict(request["config"])
     rank_zero = global_rank() == 0
-    logger = MLFlowLogger(tracking_uri=worker_tracking_uri(request), run_id=request["run_id"]) if rank_zero else False
+    tracking_uri = worker_tracking_uri(request)
+    remember(tracking_uri)  # this worker's log lines and errors mask it too
+    install_log_filter()
+    logger = training_logger(cfg, tracking_uri, request["run_id"]) if rank_zero else False
     summary = _train(request["job"], cfg, request["inputs"], Path(request["out_dir"]), logger)
     if rank_zero:
         write_json(Path(request["out_dir"]) / SUMMARY, summary)

@@ -141,3 +141,21 @@ def test_latest_link_replaces_only_links_it_made(tmp_path, smoke_cfg):
     newer.mkdir()
     _link_latest(smoke_cfg, "data", newer)  # its own: replaced
     assert link.resolve() == newer.resolve()
+
+
+def test_a_planted_resume_file_cannot_choose_the_run_written_into(tmp_path, smoke_cfg):
+    import mlflow
+
+    from lm_tasks import tracking
+
+    with tracking.tracked_run(smoke_cfg, "evaluate", tags={"cache_key": "other"}) as victim:
+        pass  # e.g. the champion's run
+    with tracking.tracked_run(smoke_cfg, "pretrain", tags={"cache_key": "k1"}) as interrupted:
+        pass
+    for named, continued in [(victim.info.run_id, False), ("not json", False), (interrupted.info.run_id, True)]:
+        planted = tmp_path / "mlflow_run.json"
+        planted.write_text(json.dumps({"run_id": named}) if named != "not json" else "{")
+        with tracking.tracked_run(smoke_cfg, "pretrain", tags={"cache_key": "k1"}, resume_from=planted) as run:
+            mlflow.log_metric("train/loss", 1.0)
+        assert (run.info.run_id == named) is continued
+    assert "train/loss" not in mlflow.get_run(victim.info.run_id).data.metrics

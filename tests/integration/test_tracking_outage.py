@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from lm_tasks import tracking
 from lm_tasks.config import load_config
+from tests.servers import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -48,61 +48,12 @@ print("RESULT " + json.dumps({"run_id": result.run_id, "steps": summary["steps"]
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1, its SQLite database and artifacts in `folder`; stopped
-    with SIGKILL (its whole process group), started again on the same port and database."""
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.port = folder, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = folder / "mlflow.db"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 240) -> None:
-        log = open(self.folder / "server.log", "a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "artifacts"),
-             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job workers: a faster start
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            assert self.process.poll() is None, self.log()
-            assert time.monotonic() < deadline, f"mlflow server not up after {timeout} s:\n{self.log()}"
-            time.sleep(0.2)
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def log(self) -> str:
-        return (self.folder / "server.log").read_text()[-5000:]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
-    server.stop()
+    server.stop(hard=True)
 
 
 def logged_points(db: Path, key: str) -> int:
@@ -130,7 +81,7 @@ def test_an_outage_longer_than_the_clients_retries_mid_pretraining_loses_no_metr
             assert training.poll() is None, output.read_text()
             assert time.monotonic() < deadline, f"no train/loss logged:\n{output.read_text()}"
             time.sleep(0.2)
-        server.stop()
+        server.stop(hard=True)
         down = time.time()
         time.sleep(max(0.0, OUTAGE_S - 10))  # about 10 s more to start again
         server.start()
@@ -180,7 +131,7 @@ def test_a_run_whose_block_failed_is_closed_failed_once_the_server_is_back(serve
     restarted = threading.Thread(target=lambda: (time.sleep(3), server.start()))
     with pytest.raises(ValueError, match="the stage's own error"):
         with tracking.tracked_run(cfg, "data") as run:
-            server.stop()
+            server.stop(hard=True)
             restarted.start()
             raise ValueError("the stage's own error")
     restarted.join()

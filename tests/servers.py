@@ -129,6 +129,8 @@ class Background:
                 pass
             self._signal(proc, signal.SIGKILL)  # the whole group: no stray flow-run subprocess
             proc.wait()
+        for name in self.procs:  # in the test's output, for when it failed
+            print(f"----- {name} log (tail) -----\n{self.log(name)}", flush=True)
 
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:

@@ -50,8 +50,6 @@ def test_lifecycle_deployment_runs_on_a_process_worker(tmp_path: Path):
         assert flow_run["parameters"] == {"overrides": ["debug=smoke", f"optim.lr={LR}"]}
     finally:
         background.stop_all()
-        for name in ("server", "worker"):
-            print(f"----- {name} log (tail) -----\n{background.log(name)}", flush=True)
 
     root = Path(isolated["LM_TASKS_ROOT"])
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db")

@@ -62,8 +62,6 @@ def test_scheduled_retraining_fires_twice_and_the_second_changes_nothing(tmp_pat
         assert all(r["auto_scheduled"] and r["parameters"] == {"overrides": OVERRIDES} for r in (first, second))
     finally:
         background.stop_all()
-        for name in ("server", "worker"):
-            print(f"----- {name} log (tail) -----\n{background.log(name)}", flush=True)
 
     root = Path(isolated["LM_TASKS_ROOT"])
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db")

@@ -32,6 +32,7 @@ from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
 from lm_tasks.cache import Entry, StageCache, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
+from lm_tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,13 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
                                mlflow.active_run().info.run_id)
-        mlflow.log_artifacts(summary["model_dir"], "model")
-        _log_hf_export(summary["model_dir"], out / "hf")
-        _log_pyfunc(summary["model_dir"], cfg)
+        def log_model() -> None:
+            mlflow.log_artifacts(summary["model_dir"], "model")
+            _log_hf_export(summary["model_dir"], out / "hf")
+            _log_pyfunc(summary["model_dir"], cfg)
+
+        # Training is the costly part: a tracking server away just now is waited for.
+        retry_transient(log_model, "Logging the pretrained model", _patience_s(cfg))
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
@@ -436,8 +441,8 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
                 with tracking.tracked_run(cfg, stage, parent_run_id, {**tags, "cache_key": key},
                                           resume_from=resume_from) as run:
                     digest, metrics = compute(work)
-                    tracking.log_metrics(metrics)
-                    mlflow.set_tag("output.digest", digest)
+                    retry_transient(lambda: (tracking.log_metrics(metrics), mlflow.set_tag("output.digest", digest)),
+                                    f"Logging the {stage} stage's results", _patience_s(cfg))
                     result = StageResult(stage, str(cache.entry_dir(stage, key)), digest, run.info.run_id,
                                          round(time.perf_counter() - start, 2),
                                          {k: float(v) for k, v in metrics.items()}, key)
@@ -452,6 +457,10 @@ def _made_by_us(link: Path, cache_root: Path) -> bool:
     if not link.is_symlink():
         return False
     return Path(os.readlink(link)).is_relative_to(cache_root.resolve())  # links are made to resolved paths
+
+
+def _patience_s(cfg: LifecycleConfig) -> float:
+    return 60 * cfg.tracking.outage_patience_minutes
 
 
 def _result(entry: Entry) -> StageResult:

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 THIS_STORE, OTHER_STORE = "this-store", "other-store"
 
 
 def run_here(run_id: str) -> Run | None:
-    """The run from the current tracking store, or None when the store has no such run.
-    Any other error (the server unreachable, no permission) is raised."""
+    """The run from the current tracking store, or None when the store has no such run, or
+    none this user may read (another team's experiment on a shared server). Any other error
+    (the server unreachable) is raised."""
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as err:
-        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        if err.error_code in (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(PERMISSION_DENIED)):
             return None
         raise
 

@@ -328,7 +328,6 @@ def _read_csv(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]
 
 def _read_parquet(path: str, column: str, limit: int) -> Iterator[dict]:
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:

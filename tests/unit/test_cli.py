@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flows.common import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,7 @@ def test_finetune_task_alias():
     assert task_alias(["task=classification", "seed=1"]) == ["finetune=classification", "seed=1"]
 
 
+@pytest.mark.slow  # two CLI start-ups
 def test_name_inside_the_cache_is_refused_and_deletes_nothing(tmp_path):
     entry = tmp_path / "outputs" / "cache" / "data" / "0123abcd"
     entry.mkdir(parents=True)

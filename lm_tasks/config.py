@@ -432,6 +432,17 @@ class ServingConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Who this run is within a hyperparameter search (hparams_search=...): set on each
+    trial by the search, null otherwise. Not part of any cache or lifecycle key."""
+
+    study: Optional[str] = None    # the Optuna study's name
+    storage: Optional[str] = None  # its storage URL, where the trial reports validation metrics
+    trial: Optional[int] = None    # this trial's number in the study
+    run_id: Optional[str] = None   # the search's MLflow run, which groups its trials
+
+
+@dataclass
 class LifecycleConfig:
     name: str
     seed: int
@@ -449,6 +460,7 @@ class LifecycleConfig:
     promotion: PromotionConfig
     runner: RunnerConfig
     serving: ServingConfig
+    search: SearchConfig = field(default_factory=SearchConfig)
     # The resolved YAML, saved with every run (not part of the schema).
     resolved_yaml: str = field(default="", repr=False)
 

@@ -101,7 +101,7 @@ def finetune_key(cfg: LifecycleConfig, task: str, model_digest: str) -> str:
 def lifecycle_key(cfg: LifecycleConfig) -> str:
     """Identifies a lifecycle's configuration (not where it is tracked or cached): an
     unfinished MLflow run with the same key is continued rather than started anew."""
-    where = ("paths", "tracking", "cache", "runner", "resolved_yaml")
+    where = ("paths", "tracking", "cache", "runner", "search", "resolved_yaml")
     config = {k: v for k, v in asdict(cfg).items() if k not in where}
     return stage_key("lifecycle", config, ["."], {})
 

@@ -34,5 +34,10 @@ def task_alias(args: list[str]) -> list[str]:
     return [f"finetune={a.split('=', 1)[1]}" if a.startswith("task=") else a for a in args]
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-finetune` command (pyproject.toml), same as `python -m flows.finetune`."""
     run_cli(finetune_flow, task_alias(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -73,5 +73,10 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     return {r.stage: asdict(r) for r in results}
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-lifecycle` command (pyproject.toml), same as `python -m flows.lifecycle`."""
     run_cli(lifecycle)
+
+
+if __name__ == "__main__":
+    main()

@@ -54,8 +54,10 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
 
         cached = [r.stage for r in results if r.cached]
         mlflow.set_tags({"cached_stages": ",".join(cached) or "none", **lineage.tags(results)})
+        cv = {k: v for r in tuned.values() for k, v in r.metrics.items() if k.endswith(("_mean", "_std"))}  # cv_folds
         tracking.log_metrics({"lifecycle/cached_stages": len(cached), "lifecycle/stages": len(results),
-                              **evaluated.metrics, **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
+                              **evaluated.metrics, **cv,
+                              **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
         summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
         decision = None

@@ -339,6 +339,7 @@ class TaskConfig:
     max_answer_tokens: int
     n_best: int
     allow_no_answer: bool
+    cv_folds: Optional[int] = None  # k-fold cross-validation on the train split before the final model
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)
@@ -347,6 +348,9 @@ class TaskConfig:
         missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]
         if missing:
             raise ConfigError(f"finetune.{self.task}.data.columns needs a column for {', '.join(missing)}")
+        if self.cv_folds is not None and self.cv_folds < 2:
+            raise ConfigError(f"finetune.{self.task}.cv_folds={self.cv_folds}: cross-validation needs at least 2 "
+                              "folds; set null to turn it off")
 
     @property
     def monitor_mode(self) -> str:

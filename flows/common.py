@@ -140,6 +140,23 @@ def run_stage(runner: TaskRunner | None, stage, **parameters) -> StageResult:
     return result_of(runner.submit(stage, parameters).result())
 
 
+def run_stages(runner: TaskRunner | None, stage, calls: list[dict]) -> list[StageResult]:
+    """Run independent calls of a stage task (one parameter dict each); their StageResults in
+    the same order. On the runner they are all submitted before any is waited on, so they run
+    concurrently on its workers; here they run one after another and the first error stops them.
+
+    On the runner, when one call fails the others still run to their end (no future is left
+    running behind the flow's back, and what they computed is cached), then the first
+    failed call's error is raised.
+    """
+    if runner is None:
+        return [run_stage(None, stage, **parameters) for parameters in calls]
+    futures = [runner.submit(stage, parameters) for parameters in calls]
+    for future in futures:
+        future.wait()  # every call ends, whatever another one's fate
+    return [result_of(future.result()) for future in futures]  # raises the first failure, in call order
+
+
 def stage_flow(name: str, stage_function: Callable[..., StageResult]):
     """The Prefect task wrapping one lm_tasks stage, and the flow that runs it alone.
 

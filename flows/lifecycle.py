@@ -19,7 +19,7 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, redacting, run_cli, run_stage, stage_runner, summary_markdown
+from flows.common import flow_config, redacting, run_cli, run_stage, run_stages, stage_runner, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -47,8 +47,9 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
             data = run_stage(runner, data_task, **common)
             tokens = run_stage(runner, tokenizer_task, data=data, **common)
             pretrained = run_stage(runner, pretrain_task, tokens=tokens, **common)
-            tuned = {task: run_stage(runner, finetune_task, task=task, pretrained=pretrained, **common)
-                     for task in cfg.finetune}
+            # The tasks are independent: on a Dask runner they fine-tune concurrently, one per worker.
+            calls = [{"task": task, "pretrained": pretrained, **common} for task in cfg.finetune]
+            tuned = dict(zip(cfg.finetune, run_stages(runner, finetune_task, calls)))
             evaluated = run_stage(runner, evaluate_task, tokens=tokens, pretrained=pretrained, tuned=tuned, **common)
         results = [data, tokens, pretrained, *tuned.values(), evaluated]
 

@@ -29,7 +29,7 @@ import mlflow
 
 from lm_tasks import tracking
 from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
-from lm_tasks.cache import Entry, StageCache, local_root, stage_key
+from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 from lm_tasks.retry import retry_transient
@@ -321,8 +321,12 @@ def _converted_gpt2(cfg: LifecycleConfig, source: str) -> Path:
     origin = source.removeprefix("hf:")
     where = Path(origin).resolve() if Path(origin).is_dir() else origin
     out = Path(cfg.paths.output_dir) / "init_from" / stage_key("init_from", {"source": str(where)}, [], {})[:16]
-    if not (out / "model.safetensors").is_file():
-        load_gpt2(origin, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Fine-tuning tasks running at once (Dask workers) convert once: a second conversion would
+    # replace the folder while the first task reads it.
+    with file_lock(out.with_name(f"{out.name}.lock")):
+        if not (out / "model.safetensors").is_file():
+            load_gpt2(origin, out)
     return out
 
 

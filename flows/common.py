@@ -29,7 +29,8 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner
 
-from lm_tasks.config import CONF_DIR, ENTRY_CONFIG, ConfigError, LifecycleConfig, RunnerConfig, compose_config, load_config
+from lm_tasks.config import (CONF_DIR, ENTRY_CONFIG, ConfigError, LifecycleConfig, RunnerConfig, compose_config,
+                             group_options, load_config)
 from lm_tasks.redaction import RedactingFilter, install_log_filter, redact, secrets_in
 from lm_tasks.retry import is_transient
 from lm_tasks.stages import StageResult
@@ -311,13 +312,17 @@ def check_command_line(overrides: list[str], multirun: bool) -> bool:
 
 def sweep_values(override: Override) -> list[str]:
     """One override per value of a sweep, to check it composes: every choice and range
-    value, the bounds of an interval(), and for a glob() its key with the default option."""
+    value, the bounds of an interval(), the group options a glob() matches."""
     key = override.get_key_element()
     if override.value_type == ValueType.INTERVAL_SWEEP:
         bounds = override.value()
         return [f"{key}={bounds.start}", f"{key}={bounds.end}"]
     if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
-        return [f"{key}={override.value().include[0]}"] if "*" not in override.value().include[0] else [key]
+        matches = override.value().filter(group_options(key))
+        if not matches:
+            raise ConfigError(f"'{override.input_line}' matches no option of {key}: "
+                              f"{', '.join(group_options(key)) or 'no such group'}")
+        return [f"{key}={option}" for option in matches]
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 

@@ -507,6 +507,12 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), with_hydra: bool
     return cfg
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (model -> gpt, gpt2_small, ...)."""
+    with _compose_api():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
 @contextmanager
 def _compose_api() -> Iterator[None]:
     """Hydra's compose API on conf/, also inside a running Hydra app (the command line's

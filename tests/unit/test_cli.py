@@ -80,6 +80,9 @@ def test_sweep_values_cover_choices_ranges_and_interval_bounds():
     assert values("model=tiny,small") == ["model=tiny", "model=small"]
     assert values("trainer.max_steps=range(2,8,3)") == ["trainer.max_steps=2", "trainer.max_steps=5"]
     assert values("optim.lr=interval(0.0001,0.01)") == ["optim.lr=0.0001", "optim.lr=0.01"]
+    assert values("model=glob(*r*)") == ["model=gru", "model=ngram", "model=rnn"]
+    with pytest.raises(ConfigError, match=r"'model=glob\(zz\*\)' matches no option of model: gpt, gpt2_small"):
+        values("model=glob(zz*)")
 
 
 @pytest.mark.slow  # one data stage through the real command line

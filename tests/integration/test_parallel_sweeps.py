@@ -1,5 +1,5 @@
-"""Sweep jobs in parallel (hydra/launcher=joblib): two processes writing one MLflow store
-and one stage cache at the same time."""
+"""Sweep jobs in parallel (hydra/launcher=joblib): processes writing one MLflow store and one
+stage cache at the same time, a stage they share computed once."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # two data stages in two processes
-def test_two_sweep_jobs_run_at_once_into_one_mlflow_store(tmp_path):
+def test_sweep_jobs_run_two_at_once_into_one_mlflow_store_computing_a_shared_stage_once(tmp_path):
+    # Four jobs, two at a time: first the two max_rows values at once, then the same again with
+    # another data.num_proc, which is not part of the data stage's key: two cache hits.
     result = subprocess.run(
         [sys.executable, "-m", "flows.data", "-m", "debug=smoke", f"paths.root_dir={tmp_path}",
-         "data.max_rows=200,300", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+         "data.num_proc=1,2", "data.max_rows=200,300", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[multirun] job 0: debug=smoke" in result.stdout and "[multirun] job 1: debug=smoke" in result.stdout
+    assert all(f"[multirun] job {n}: debug=smoke" in result.stdout for n in range(4))
+    assert result.stderr.count("Finished in state Cached('cache hit") == 2, result.stderr[-3000:]
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("lm-lifecycle")
@@ -34,6 +37,7 @@ def test_two_sweep_jobs_run_at_once_into_one_mlflow_store(tmp_path):
 
     # Each job's record in its own numbered folder of the sweep directory.
     sweep_dir = next((tmp_path / "outputs" / "lm-lifecycle" / "multirun").iterdir())
-    jobs = {yaml.safe_load((sweep_dir / n / ".hydra" / "overrides.yaml").read_text())[-1] for n in ("0", "1")}
-    assert jobs == {"data.max_rows=200", "data.max_rows=300"}
-    assert all((sweep_dir / n / "data.log").stat().st_size > 0 for n in ("0", "1"))
+    jobs = [yaml.safe_load((sweep_dir / str(n) / ".hydra" / "overrides.yaml").read_text())[-2:] for n in range(4)]
+    assert jobs == [["data.num_proc=1", "data.max_rows=200"], ["data.num_proc=1", "data.max_rows=300"],
+                    ["data.num_proc=2", "data.max_rows=200"], ["data.num_proc=2", "data.max_rows=300"]]
+    assert all((sweep_dir / str(n) / "data.log").stat().st_size > 0 for n in range(4))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.override_parser.types import Override, Transformer, ValueType
 from hydra.errors import HydraException
 
 SYNTAX = ("interval(low, high), int(interval(low, high)), tag(log, interval(...)), choice(a, b, ...), "
@@ -83,6 +83,9 @@ def _distribution(override: Override):
     import optuna.distributions as d
 
     key, sweep = override.get_key_element(), override.value()
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        raise SearchSpaceError(f"search parameter {key}: glob(...) is not supported; list the options with "
+                               "choice(...)")
     tags = set(getattr(sweep, "tags", ()) or ())
     if tags - {"log"}:
         raise SearchSpaceError(f"search parameter {key}: unsupported tag(s) {', '.join(sorted(tags - {'log'}))}; "
@@ -120,9 +123,21 @@ def _distribution(override: Override):
 
 
 def override_value(value: Any) -> str:
-    """A sampled value as the right-hand side of a Hydra override (strings escaped)."""
+    """A value as the right-hand side of a Hydra override: the first of (as is, escaped,
+    quoted) that Hydra reads back as the same value, so a path or URL stays readable and a
+    string such as "true" or "1e-3" stays a string."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return Transformer.str(value)
+    if not isinstance(value, str):
+        return Transformer.str(value)
+    parser = OverridesParser.create()
+    quoted = "'" + value.replace("'", "\\'") + "'"
+    for candidate in (value, Transformer.str(value), quoted):
+        try:
+            if parser.parse_override(f"k={candidate}").value() == value:
+                return candidate
+        except HydraException:
+            pass
+    raise SearchSpaceError(f"cannot write {value!r} as a Hydra override value")

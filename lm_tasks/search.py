@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +151,14 @@ def open_study(spec: StudySpec, grid: dict[str, list] | None = None, parallel: b
     is refused rather than mixed with this one."""
     import optuna
 
-    study = optuna.create_study(study_name=spec.name, storage=storage(spec.storage), load_if_exists=True,
-                                direction=spec.direction, sampler=build_sampler(spec.sampler, grid, parallel),
+    where = storage(spec.storage)
+    sampler = spec.sampler
+    if sampler.seed is not None and spec.name in {s.study_name for s in where.get_all_studies()}:
+        # A continued study: the same seed would propose the first trials' values again.
+        done = len(where.get_all_trials(where.get_study_id_from_name(spec.name), deepcopy=False))
+        sampler = replace(sampler, seed=sampler.seed + done)
+    study = optuna.create_study(study_name=spec.name, storage=where, load_if_exists=True,
+                                direction=spec.direction, sampler=build_sampler(sampler, grid, parallel),
                                 pruner=build_pruner(spec.pruner))
     if study.direction.name.lower() != spec.direction:
         raise ValueError(f"study {spec.name!r} in {spec.storage} was created to "

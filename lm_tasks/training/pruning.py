@@ -21,6 +21,7 @@ import logging
 import lightning as L
 
 from lm_tasks.config import LifecycleConfig
+from lm_tasks.search import PRUNED_AT, build_pruner, storage
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +61,19 @@ class TrialPruning(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        prune, step = False, trainer.global_step
+        prune, step, value = False, trainer.global_step, None
         if trainer.is_global_zero and self.monitor in trainer.callback_metrics:
-            trial = self.trial()
-            trial.report(float(trainer.callback_metrics[self.monitor]), step=step)
+            trial, value = self.trial(), float(trainer.callback_metrics[self.monitor])
+            trial.report(value, step=step)
             prune = trial.should_prune()
             if prune:
-                trial.set_user_attr("pruned_at_step", step)  # read by the sweeper: PRUNED, not FAIL
+                trial.set_user_attr(PRUNED_AT, step)  # read by the sweeper: PRUNED, not FAIL
         prune = trainer.strategy.broadcast(prune, src=0)  # every rank stops together
         if prune:
             import optuna
 
-            raise optuna.TrialPruned(f"search trial {self.number} pruned at step {step}: {self.monitor} behind "
-                                     "earlier trials")
+            raise optuna.TrialPruned(f"search trial {self.number} pruned at step {step} ({self.monitor} = "
+                                     f"{value}): the study's pruner judged it behind")
 
 
 def pruning_callbacks(cfg: LifecycleConfig, stage: str, task: str | None = None) -> list[L.Callback]:
@@ -81,8 +82,6 @@ def pruning_callbacks(cfg: LifecycleConfig, stage: str, task: str | None = None)
     if cfg.search.trial is None or not cfg.search.storage or not cfg.search.study:
         return []
     import optuna
-
-    from lm_tasks.search import build_pruner, storage
 
     study = optuna.load_study(study_name=cfg.search.study, storage=storage(cfg.search.storage),
                               sampler=optuna.samplers.RandomSampler())  # samples nothing here

@@ -152,6 +152,16 @@ def test_a_trial_left_running_is_failed_and_run_again(tmp_path):
     assert search.recover_interrupted(search.open_study(spec(tmp_path))) == [rerun.number]  # killed again
 
 
+def test_a_continued_seeded_study_proposes_new_values(tmp_path):
+    seeded = spec(tmp_path, sampler=search.SamplerSpec("tpe", seed=3))
+    study = search.open_study(seeded)
+    study.tell(study.ask(X), 0.1)
+    again = search.open_study(seeded)
+    again.tell(again.ask(X), 0.2)
+    first, second = (t.params["x"] for t in again.trials)
+    assert first != second
+
+
 def test_grid_runs_each_point_once_and_counts_itself(tmp_path):
     grid = {"a": [1, 2], "b": ["x", "y"]}
     distributions = {"a": CategoricalDistribution([1, 2]), "b": CategoricalDistribution(["x", "y"])}

@@ -153,7 +153,7 @@ class StudySweeper(Sweeper):
         elif outcome.state == search.PRUNED:
             log.info("search %s: trial %d PRUNED%s", spec.name, number, best_text)
         else:
-            log.warning("search %s: trial %d FAILED (the search goes on): %s", spec.name, number, outcome.error)
+            log.warning("search %s: trial %d FAILED: %s", spec.name, number, outcome.error)
 
     # --- what to search ------------------------------------------------------------------
 

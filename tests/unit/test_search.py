@@ -345,3 +345,99 @@ def test_a_pruned_trial_is_not_retried():
     from lm_tasks.retry import is_transient
 
     assert not is_transient(optuna.TrialPruned("behind"))
+
+
+# --- the sweeper's loop, with a stand-in launcher ------------------------------------------
+
+
+class StandInLauncher:
+    """Runs each trial by writing what a lifecycle would (a FINISHED run with the objective),
+    or fails it with `fail(number)`'s exception."""
+
+    def __init__(self, experiment_id: str, fail=lambda number: None, prune=()):
+        self.experiment_id, self.fail, self.prune, self.batches = experiment_id, fail, prune, []
+
+    def launch(self, batch, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.batches.append([list(job) for job in batch])
+        returns = []
+        for job in batch:
+            given = dict(o.split("=", 1) for o in job)
+            number = int(given["search.trial"])
+            error = self.fail(number)
+            if number in self.prune:
+                study = optuna.load_study(study_name=given["search.study"], storage=given["search.storage"])
+                search.set_trial_user_attr(study, number, search.PRUNED_AT, 3)
+                error = optuna.TrialPruned("behind")
+            if error is None:
+                trial_lifecycle(self.experiment_id, given["search.study"], number,
+                                {"eval/lm/bpb": float(given["optim.lr"]) * 1000},
+                                **{"mlflow.parentRunId": given["search.run_id"]})
+            returned = JobReturn(overrides=job, status=JobStatus.FAILED if error else JobStatus.COMPLETED)
+            returned.return_value = error
+            returns.append(returned)
+        return returns
+
+
+def sweeper_for(tmp_path, *overrides: str):
+    """The study sweeper as Hydra would set it up for `hparams_search=tpe debug=smoke ...`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from lm_tasks import tracking
+    from lm_tasks.config import CONF_DIR
+
+    arguments = ["hparams_search=tpe", "debug=smoke", f"paths.root_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("lifecycle", [*arguments, f"hydra.sweep.dir={tmp_path}/multirun", *overrides],
+                         return_hydra_config=True)
+    sweeper = instantiate(config.hydra.sweeper)
+    sweeper.config = config
+    sweeper.validate_batch_is_legal = lambda batch: None  # composing is Hydra's part
+    experiment_id = tracking.configure(load_config(arguments).tracking)
+    return sweeper, arguments, experiment_id
+
+
+@pytest.mark.slow  # a fresh MLflow store
+def test_the_sweeper_runs_batches_reads_objectives_and_records_pruning(tmp_path):
+    sweeper, arguments, experiment_id = sweeper_for(
+        tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=loop")
+    sweeper.launcher = StandInLauncher(experiment_id, fail=lambda n: RuntimeError("odd") if n == 1 else None,
+                                       prune=(2,))
+    best = sweeper.sweep(arguments)
+
+    assert [len(batch) for batch in sweeper.launcher.batches] == [2, 2, 1]
+    first = sweeper.launcher.batches[0][0]
+    assert first[:3] == arguments and {o.split("=")[0] for o in first[3:]} == {
+        "optim.lr", "optim.weight_decay", "model.dropout", "search.study", "search.storage", "search.run_id",
+        "search.trial"}
+    study = optuna.load_study(study_name="loop",
+                              storage=f"sqlite:///{tmp_path}/outputs/lm-lifecycle/hparams_search/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs[search.ERROR] == "RuntimeError: odd"
+    assert best.number == search.best_trial(study).number
+    assert best.value == pytest.approx(min(t.params["optim.lr"] for t in study.trials if t.value) * 1000)
+    summary = (tmp_path / "outputs" / "lm-lifecycle" / "hparams_search" / "loop" / "summary.md").read_text()
+    assert "3 complete, 1 pruned, 1 failed" in summary
+
+    again, _, _ = sweeper_for(tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.study_name=loop")
+    again.launcher = StandInLauncher(experiment_id)
+    again.sweep(arguments)  # the study is complete: nothing more runs
+    assert again.launcher.batches == []
+
+
+@pytest.mark.slow  # a fresh MLflow store
+def test_a_first_batch_failing_alike_stops_the_search(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from hydra_plugins.lm_tasks_search.sweeper import SearchError
+
+    sweeper, arguments, experiment_id = sweeper_for(tmp_path, "hydra.sweeper.n_trials=6",
+                                                    "hydra.sweeper.n_jobs=2")
+    sweeper.launcher = StandInLauncher(experiment_id, fail=lambda n: ImportError("no module named x"))
+    with pytest.raises(SearchError, match="(?s)every trial of the first batch failed with the same error.*ImportError: no module"):
+        sweeper.sweep(arguments)
+    assert len(sweeper.launcher.batches) == 1
+    [run] = MlflowClient().search_runs([experiment_id], "tags.stage = 'search'")
+    assert run.info.status == "FAILED" and run.data.tags["search.study"] == "lm-lifecycle-tpe-eval_lm_bpb"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
+import logging
 import os
 import sys
 from contextlib import contextmanager
@@ -12,7 +12,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
+import hydra
+from hydra._internal.utils import get_args_parser  # Hydra's own flag parser (hydra-core is pinned <1.4)
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import CompactHydraException, OverrideParseException
+from hydra.types import RunMode
+from omegaconf import DictConfig
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -20,13 +29,11 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from prefect.task_runners import TaskRunner
 
-from lm_tasks.config import ConfigError, LifecycleConfig, RunnerConfig, load_config
-from lm_tasks.redaction import install_log_filter, redact, secrets_in
+from lm_tasks.config import (CONF_DIR, ENTRY_CONFIG, ConfigError, LifecycleConfig, RunnerConfig, compose_config,
+                             group_options, load_config)
+from lm_tasks.redaction import RedactingFilter, install_log_filter, redact, secrets_in
 from lm_tasks.retry import is_transient
 from lm_tasks.stages import StageResult
-
-MULTIRUN_FLAGS = ("-m", "--multirun")
-
 
 def retry_on_io(task, task_run, state) -> bool:
     """Prefect retry condition: retry transient network and server errors
@@ -134,6 +141,23 @@ def run_stage(runner: TaskRunner | None, stage, **parameters) -> StageResult:
     return result_of(runner.submit(stage, parameters).result())
 
 
+def run_stages(runner: TaskRunner | None, stage, calls: list[dict]) -> list[StageResult]:
+    """Run independent calls of a stage task (one parameter dict each); their StageResults in
+    the same order. On the runner they are all submitted before any is waited on, so they run
+    concurrently on its workers; here they run one after another and the first error stops them.
+
+    On the runner, when one call fails the others still run to their end (no future is left
+    running behind the flow's back, and what they computed is cached), then the first
+    failed call's error is raised.
+    """
+    if runner is None:
+        return [run_stage(None, stage, **parameters) for parameters in calls]
+    futures = [runner.submit(stage, parameters) for parameters in calls]
+    for future in futures:
+        future.wait()  # every call ends, whatever another one's fate
+    return [result_of(future.result()) for future in futures]  # raises the first failure, in call order
+
+
 def stage_flow(name: str, stage_function: Callable[..., StageResult]):
     """The Prefect task wrapping one lm_tasks stage, and the flow that runs it alone.
 
@@ -151,18 +175,6 @@ def stage_flow(name: str, stage_function: Callable[..., StageResult]):
 
     stage_alone.__doc__ = f"Run the {name} stage alone (a top-level MLflow run tagged stage={name})."
     return stage, stage_alone
-
-
-def sweep(overrides: list[str]) -> list[list[str]]:
-    """Expand Hydra sweep syntax (a=1,2 b=x,y) into one override list per job."""
-    choices = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([override.input_line])
-    return [list(job) for job in itertools.product(*choices)]
 
 
 def stash_secrets(overrides: list[str]) -> list[str]:
@@ -186,25 +198,210 @@ _STASHED: list[str] = []
 
 
 def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
-    """`python -m flows.<name> [-m] [overrides]`: run the flow once, or once per sweep job."""
+    """`python -m flows.<name> [flags] [overrides]`: a Hydra application around the flow.
+
+    Hydra parses the command line (--help, --cfg, --info, --shell-completion, -m and the
+    whole override grammar), writes the run's record to hydra.run.dir and, for -m, hands
+    the jobs to the configured sweeper and launcher. Each job calls the flow with its
+    overrides, the same list a Prefect deployment run passes: one composition path."""
     install_log_filter()
-    args = list(sys.argv[1:] if argv is None else argv)
-    multirun = any(a in MULTIRUN_FLAGS for a in args)
-    overrides = stash_secrets([a for a in args if a not in MULTIRUN_FLAGS])
-    jobs = sweep(overrides) if multirun else [overrides]
+    args = stash_secrets(list(sys.argv[1:] if argv is None else argv))  # before Hydra records them
+    flags = get_args_parser().parse_args(args)  # a bad flag: argparse's usage line and exit 2
     try:
-        for job in jobs:  # fail fast, before any flow starts, on a bad override
-            load_config(job)
-        for number, job in enumerate(jobs):
-            if multirun:
-                print(f"[multirun] job {number + 1}/{len(jobs)}: {' '.join(job)}", flush=True)
-            flow(overrides=job)
+        multirun = flags.multirun
+        if not (flags.help or flags.hydra_help or flags.shell_completion):  # these compose nothing
+            multirun = check_command_line(flags.overrides, flags.multirun)
     except ConfigError as err:
-        sys.exit(redact(f"Configuration error: {err}"))
-    except Exception as err:  # the traceback is in the flow's log above
-        sys.exit(redact(f"{flow.name} failed: {type(err).__name__}: {err}"))
-    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM turned into an exit by Lightning
-        sys.exit(f"{flow.name} interrupted ({type(err).__name__}); run the same command again to resume")
+        sys.exit(redact(f"Configuration error: {one_line(err)}"))
+    app = hydra.main(config_path=str(CONF_DIR), config_name=ENTRY_CONFIG, version_base="1.3")(hydra_job(flow))
+    hydra_args = [f"hydra.job.name={flow.name}", "hydra/help=lm_tasks"]
+    register_help(flow)
+    # Hydra's messages ("Launching 2 jobs locally") go through Prefect's console handler.
+    for name in ("hydra", "hydra_plugins"):
+        logging.getLogger(name).setLevel(logging.DEBUG if flags.info else logging.INFO)
+    GlobalHydra.instance().clear()
+    try:
+        with command_line([*args, *hydra_args]), shared_prefect_server(multirun), console_to_hydra(flags.info):
+            app()
+    except KeyboardInterrupt:
+        sys.exit(interrupted(flow, KeyboardInterrupt()))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def hydra_job(flow: Callable) -> Callable[[DictConfig], dict]:
+    """The Hydra task function: run the flow with this job's overrides. A failed single run
+    exits with one line (the traceback is in the flow's log above); a failed sweep job is
+    reported to the sweeper, which decides whether the sweep goes on."""
+
+    def job(_: DictConfig) -> dict:
+        config = HydraConfig.get()
+        overrides = list(config.overrides.task)
+        with job_log(Path(config.runtime.output_dir) / f"{config.job.name}.log"):
+            return run_job(flow, overrides, config)
+
+    job.__name__ = job.__qualname__ = flow.name
+    return job
+
+
+def run_job(flow: Callable, overrides: list[str], config: DictConfig) -> dict:
+    if config.mode == RunMode.RUN:
+        try:
+            return flow(overrides=overrides)
+        except Exception as err:
+            sys.exit(redact(f"{flow.name} failed: {type(err).__name__}: {one_line(err)}"))
+        except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM turned into an exit by Lightning
+            sys.exit(interrupted(flow, err))
+    print(f"[multirun] job {config.job.num}: {' '.join(overrides)}", flush=True)
+    try:
+        return flow(overrides=overrides)
+    except Exception as err:
+        raise JobFailed(redact(f"{flow.name} job {config.job.num} failed: {type(err).__name__}: "
+                               f"{one_line(err)}")) from err
+
+
+@contextmanager
+def job_log(path: Path) -> Iterator[None]:
+    """Everything the console shows of a job (flow, stage and library logs, through the root
+    logger), also in a file in its run directory, secrets masked."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.addFilter(RedactingFilter())
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def interrupted(flow: Callable, err: BaseException) -> str:
+    return f"{flow.name} interrupted ({type(err).__name__}); run the same command again to resume"
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job's failure, which Hydra prints as one line (without a stack trace)."""
+
+
+def check_command_line(overrides: list[str], multirun: bool) -> bool:
+    """Fail before any run starts on an override that does not parse or compose, with a
+    one-line reason ("Did you mean ..." for a mistyped key). Every value of a sweep is
+    composed once. Returns whether this is a multirun (-m, or a config that asks for one,
+    such as hparams_search=...)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        raise ConfigError(str(err)) from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    hydra_cfg = compose_config(fixed, with_hydra=True).hydra
+    multirun = multirun or hydra_cfg.mode == "MULTIRUN"
+    if hydra_cfg.job.chdir:
+        raise ConfigError("hydra.job.chdir=true is not supported: stages share paths.output_dir and the cache "
+                          "across runs; hydra.run.dir already holds each run's record")
+    if sweeps and not multirun:
+        raise ConfigError(f"'{sweeps[0].input_line}' is a sweep: add -m to run one job per value "
+                          "(quote it, key='a,b', for a string; key=[a,b] for a list)")
+    first = [sweep_values(o)[0] for o in sweeps]
+    load_config(fixed + first)
+    for i, sweep in enumerate(sweeps):
+        for value in sweep_values(sweep)[1:]:
+            load_config(fixed + first[:i] + [value] + first[i + 1:])
+    return multirun
+
+
+def sweep_values(override: Override) -> list[str]:
+    """One override per value of a sweep, to check it composes: every choice and range
+    value, the bounds of an interval(), the group options a glob() matches."""
+    key = override.get_key_element()
+    if override.value_type == ValueType.INTERVAL_SWEEP:
+        bounds = override.value()
+        return [f"{key}={bounds.start}", f"{key}={bounds.end}"]
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        matches = override.value().filter(group_options(key))
+        if not matches:
+            raise ConfigError(f"'{override.input_line}' matches no option of {key}: "
+                              f"{', '.join(group_options(key)) or 'no such group'}")
+        return [f"{key}={option}" for option in matches]
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+@contextmanager
+def command_line(args: list[str]) -> Iterator[None]:
+    """sys.argv as Hydra reads it, put back afterwards (tests call run_cli in-process)."""
+    saved = sys.argv
+    sys.argv = [saved[0], *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextmanager
+def console_to_hydra(info: bool) -> Iterator[None]:
+    """--info prints through a console handler of Hydra's own: Prefect's steps aside, or
+    every line would show twice."""
+    root = logging.getLogger()
+    saved = root.handlers[:] if info else []
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in saved:
+            root.addHandler(handler)
+
+
+@contextmanager
+def shared_prefect_server(multirun: bool) -> Iterator[None]:
+    """The jobs of a sweep report to one Prefect server. Without PREFECT_API_URL each process
+    would start a temporary server of its own: jobs in parallel processes (hydra/launcher=joblib)
+    would each spend 10-20 s starting one. The in-process jobs use this same server."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    if not multirun or get_current_settings().api.url:  # a server is configured (or a test harness's)
+        yield
+        return
+
+    server = SubprocessASGIServer()  # the instance Prefect's own temporary mode uses
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120)))
+    os.environ["PREFECT_API_URL"] = server.api_url  # for job processes started from here
+    try:
+        yield
+    finally:
+        del os.environ["PREFECT_API_URL"]
+
+
+def register_help(flow: Callable) -> None:
+    """`--help`: the flow's own description (its module's docstring), then the config groups."""
+    module = sys.modules.get(getattr(flow.fn, "__module__", ""), None)
+    header = (module.__doc__ if module and module.__doc__ else flow.description or flow.name).strip()
+    ConfigStore.instance().store(group="hydra/help", name="lm_tasks", node={
+        "app_name": f"python -m flows.{flow.name}",
+        "header": header.replace("$", "$$") + "\n",
+        "footer": "Docs: README.md. Hydra's own options: --hydra-help\n",
+        "template": HELP_TEMPLATE,
+    })
+
+
+HELP_TEMPLATE = """${hydra.help.header}
+== Config groups (group=option) ==
+experiment, hparams_search and debug are unset unless chosen.
+
+$APP_CONFIG_GROUPS
+
+== Overrides ==
+Any key: optim.lr=3e-4 | a sweep, one job per value: -m optim.lr=1e-3,3e-4
+A hyperparameter search: hparams_search=tpe (or grid); the whole config: --cfg job --resolve
+
+== Flags ==
+$FLAGS_HELP
+${hydra.help.footer}"""
 
 
 def summary_markdown(title: str, results: list) -> str:

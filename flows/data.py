@@ -8,5 +8,10 @@ from lm_tasks.stages import run_data
 
 data_task, data_flow = stage_flow("data", run_data)
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-data` command (pyproject.toml), same as `python -m flows.data`."""
     run_cli(data_flow)
+
+
+if __name__ == "__main__":
+    main()

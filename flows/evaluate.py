@@ -8,5 +8,10 @@ from lm_tasks.stages import run_evaluate
 
 evaluate_task, evaluate_flow = stage_flow("evaluate", run_evaluate)
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-evaluate` command (pyproject.toml), same as `python -m flows.evaluate`."""
     run_cli(evaluate_flow)
+
+
+if __name__ == "__main__":
+    main()

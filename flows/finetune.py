@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import flow_config, redacting, run_cli, run_stage, stage_runner, stage_task
+from flows.common import flow_config, redacting, run_cli, run_stages, stage_runner, stage_task
 from lm_tasks import stages
 
 finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.run_finetune)
@@ -27,12 +27,19 @@ def finetune_flow(overrides: list[str] | None = None) -> dict:
     if not cfg.finetune:
         raise ValueError("No task selected: pass task=<name> (or finetune=[a,b])")
     with stage_runner(cfg.runner) as runner:
-        return {name: asdict(run_stage(runner, finetune_task, cfg=cfg, task=name)) for name in cfg.finetune}
+        # On a Dask runner the tasks fine-tune concurrently, one per worker.
+        tuned = run_stages(runner, finetune_task, [{"cfg": cfg, "task": name} for name in cfg.finetune])
+    return {name: asdict(result) for name, result in zip(cfg.finetune, tuned)}
 
 
 def task_alias(args: list[str]) -> list[str]:
     return [f"finetune={a.split('=', 1)[1]}" if a.startswith("task=") else a for a in args]
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-finetune` command (pyproject.toml), same as `python -m flows.finetune`."""
     run_cli(finetune_flow, task_alias(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, redacting, run_cli, run_stage, stage_runner, summary_markdown
+from flows.common import flow_config, redacting, run_cli, run_stage, run_stages, stage_runner, summary_markdown
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -47,15 +47,18 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
             data = run_stage(runner, data_task, **common)
             tokens = run_stage(runner, tokenizer_task, data=data, **common)
             pretrained = run_stage(runner, pretrain_task, tokens=tokens, **common)
-            tuned = {task: run_stage(runner, finetune_task, task=task, pretrained=pretrained, **common)
-                     for task in cfg.finetune}
+            # The tasks are independent: on a Dask runner they fine-tune concurrently, one per worker.
+            calls = [{"task": task, "pretrained": pretrained, **common} for task in cfg.finetune]
+            tuned = dict(zip(cfg.finetune, run_stages(runner, finetune_task, calls)))
             evaluated = run_stage(runner, evaluate_task, tokens=tokens, pretrained=pretrained, tuned=tuned, **common)
         results = [data, tokens, pretrained, *tuned.values(), evaluated]
 
         cached = [r.stage for r in results if r.cached]
         mlflow.set_tags({"cached_stages": ",".join(cached) or "none", **lineage.tags(results)})
+        cv = {k: v for r in tuned.values() for k, v in r.metrics.items() if k.endswith(("_mean", "_std"))}  # cv_folds
         tracking.log_metrics({"lifecycle/cached_stages": len(cached), "lifecycle/stages": len(results),
-                              **evaluated.metrics, **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
+                              **evaluated.metrics, **cv,
+                              **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
         summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
         decision = None
@@ -73,5 +76,10 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     return {r.stage: asdict(r) for r in results}
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-lifecycle` command (pyproject.toml), same as `python -m flows.lifecycle`."""
     run_cli(lifecycle)
+
+
+if __name__ == "__main__":
+    main()

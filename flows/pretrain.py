@@ -8,5 +8,10 @@ from lm_tasks.stages import run_pretrain
 
 pretrain_task, pretrain_flow = stage_flow("pretrain", run_pretrain)
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-pretrain` command (pyproject.toml), same as `python -m flows.pretrain`."""
     run_cli(pretrain_flow)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,5 +8,10 @@ from lm_tasks.stages import run_tokenizer
 
 tokenizer_task, tokenizer_flow = stage_flow("tokenizer", run_tokenizer)
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `lm-tokenizer` command (pyproject.toml), same as `python -m flows.tokenizer`."""
     run_cli(tokenizer_flow)
+
+
+if __name__ == "__main__":
+    main()

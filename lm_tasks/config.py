@@ -12,12 +12,15 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -336,6 +339,7 @@ class TaskConfig:
     max_answer_tokens: int
     n_best: int
     allow_no_answer: bool
+    cv_folds: Optional[int] = None  # k-fold cross-validation on the train split before the final model
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)
@@ -344,6 +348,9 @@ class TaskConfig:
         missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]
         if missing:
             raise ConfigError(f"finetune.{self.task}.data.columns needs a column for {', '.join(missing)}")
+        if self.cv_folds is not None and self.cv_folds < 2:
+            raise ConfigError(f"finetune.{self.task}.cv_folds={self.cv_folds}: cross-validation needs at least 2 "
+                              "folds; set null to turn it off")
 
     @property
     def monitor_mode(self) -> str:
@@ -486,16 +493,37 @@ class LifecycleConfig:
             )
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose the entry config with Hydra overrides; explain mistyped keys."""
+def compose_config(overrides: list[str] | tuple[str, ...] = (), with_hydra: bool = False) -> DictConfig:
+    """Compose the entry config with Hydra overrides; explain mistyped keys. `with_hydra`
+    keeps the `hydra` section (run mode, sweeper, launcher) and leaves it unresolved."""
     overrides = list(overrides)
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=ENTRY_CONFIG, overrides=overrides)
-        OmegaConf.resolve(cfg)
+        with _compose_api():
+            cfg = compose(config_name=ENTRY_CONFIG, overrides=overrides, return_hydra_config=with_hydra)
+        if not with_hydra:
+            OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(redact(_explain(err, overrides))) from None
     return cfg
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (model -> gpt, gpt2_small, ...)."""
+    with _compose_api():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+@contextmanager
+def _compose_api() -> Iterator[None]:
+    """Hydra's compose API on conf/, also inside a running Hydra app (the command line's
+    job calls the flow, which composes again), whose global state is put back after."""
+    outer = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            yield
+    finally:
+        restore_gh_from_backup(outer) if outer is not None else GlobalHydra.instance().clear()
 
 
 def load_config(overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
@@ -567,6 +595,13 @@ def _explain(err: Exception, overrides: list[str]) -> str:
     cause = err.__cause__  # Hydra wraps the OmegaConf error that names the key
     if cause is not None and str(cause) not in message:
         message = f"{message}\n{cause}"
+    option = re.search(r"Could not find '([\w/]+)/([^']+)'\s+Available options in '[^']+':\s+(.*?)\s*"
+                       r"(?:Config search path|$)", message, re.DOTALL)
+    if option:  # a mistyped option of a config group (model=smal)
+        group, choice, options = option.group(1), option.group(2), option.group(3).split()
+        hint = difflib.get_close_matches(choice, options, n=1)
+        did_you_mean = f" Did you mean {group}={hint[0]}?" if hint else ""
+        return f"Unknown option '{choice}' for {group}.{did_you_mean} Options: {', '.join(options)}"
     bad_key = _unknown_key(err, message)
     if bad_key is None:
         return message
@@ -601,10 +636,10 @@ def _reference_config(overrides: list[str]) -> DictConfig:
     """The config composed with only the group choices of `overrides` (for suggestions)."""
     group_choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with _compose_api():
             return compose(config_name=ENTRY_CONFIG, overrides=group_choices)
     except (HydraException, OmegaConfBaseException):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with _compose_api():
             return compose(config_name=ENTRY_CONFIG)
 
 

@@ -29,7 +29,7 @@ import mlflow
 
 from lm_tasks import tracking
 from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
-from lm_tasks.cache import Entry, StageCache, local_root, stage_key
+from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 from lm_tasks.retry import retry_transient
@@ -233,6 +233,7 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     def compute(out: Path) -> tuple[str, dict]:
         from lm_tasks.training.launch import run_training
 
+        cv = _cross_validate(cfg, task, model_dir, out) if cfg.finetune[task].cv_folds else {}
         summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
                                cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
@@ -241,11 +242,27 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
         if task == "classification":  # the task models lm_tasks.serving can serve
             _log_pyfunc(out / "model", cfg)
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
-        return file_digest(out / "model" / "head.safetensors"), metrics
+        return file_digest(out / "model" / "head.safetensors"), {**metrics, **cv}
 
     tags = {"task": task, "input.model_digest": model_digest}
     return _run_stage(cfg, f"finetune:{task}", finetune_key(cfg, task, model_digest), tags, compute,
                       parent_run_id)
+
+
+def _cross_validate(cfg: LifecycleConfig, task: str, model_dir: Path, out: Path) -> dict:
+    """k-fold cross-validation before the final model (finetune.<task>.cv_folds): each fold's
+    scores logged as `cv/<task>/<metric>` at step=fold, a report `cross_validation.md`, and
+    `eval/<task>/<metric>_mean`, `_std` returned as stage metrics (so a cached result has them)."""
+    from lm_tasks.tasks.cross_validation import cross_validate, report_markdown, summarize
+
+    scores = cross_validate(cfg, task, model_dir, out / "cv", cfg.tracking.tracking_uri,
+                            mlflow.active_run().info.run_id)
+    for fold, metrics in enumerate(scores):
+        tracking.log_metrics(metrics, prefix=f"cv/{task}/", step=fold)
+    summary = summarize(scores)
+    (out / "cross_validation.md").write_text(report_markdown(task, scores, summary))
+    mlflow.log_artifact(str(out / "cross_validation.md"))
+    return {f"eval/{task}/{name}": value for name, value in summary.items()}
 
 
 def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
@@ -304,8 +321,12 @@ def _converted_gpt2(cfg: LifecycleConfig, source: str) -> Path:
     origin = source.removeprefix("hf:")
     where = Path(origin).resolve() if Path(origin).is_dir() else origin
     out = Path(cfg.paths.output_dir) / "init_from" / stage_key("init_from", {"source": str(where)}, [], {})[:16]
-    if not (out / "model.safetensors").is_file():
-        load_gpt2(origin, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Fine-tuning tasks running at once (Dask workers) convert once: a second conversion would
+    # replace the folder while the first task reads it.
+    with file_lock(out.with_name(f"{out.name}.lock")):
+        if not (out / "model.safetensors").is_file():
+            load_gpt2(origin, out)
     return out
 
 
@@ -357,7 +378,9 @@ def _lm_eval_key(cfg: LifecycleConfig, tokens: StageResult, pretrained: StageRes
 
 
 def _task_eval_key(cfg: LifecycleConfig, task: str, tuned: StageResult) -> str:
-    return stage_key(f"evaluate:{task}", {**_task_config(cfg, task), "eval": asdict(cfg.eval)},
+    config = _task_config(cfg, task)
+    del config["task"]["cv_folds"]  # cross-validation leaves the final model as it is
+    return stage_key(f"evaluate:{task}", {**config, "eval": asdict(cfg.eval)},
                      ["models", "tasks", "metrics"], {"model": tuned.digest, **_task_files(cfg, task)})
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
@@ -28,8 +29,12 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 TASK_MAX_RECORD_BYTES = 16 << 20  # as the data stage's default data.max_record_bytes
 
 
-def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
-    """Train/validation with the task's fields, plus facts (label names, skipped rows)."""
+def load_task_data(cfg: TaskConfig, seed: int, fold: tuple[int, int] | None = None) -> tuple[DatasetDict, dict]:
+    """Train/validation with the task's fields, plus facts (label names, skipped rows).
+
+    With `fold=(i, k)` (cross-validation) the train split is cut into k folds (`fold_ids`):
+    fold i becomes a third split, `held_out`, train keeps the other k-1, validation is unchanged.
+    """
     d = cfg.data
     if d.source == "embedded":
         raw, label = embedded_task_dataset(cfg.task, seed), "embedded"
@@ -45,6 +50,13 @@ def load_task_data(cfg: TaskConfig, seed: int) -> tuple[DatasetDict, dict]:
     info = {"source": label}
     if cfg.task == "classification":
         splits, info["label_names"] = _encode_labels(splits, cfg)
+    if fold is not None:  # after the labels are named: every fold model gets the final model's label ids
+        index, count = fold
+        what = f"train rows in {label}" if d.split_by is None else f"'{d.split_by}' groups in train of {label}"
+        ids = fold_ids(_group_keys(raw["train"], d.split_by, label), count, seed, what)
+        train = splits["train"]
+        splits["held_out"] = train.select([row for row, f in enumerate(ids) if f == index])
+        splits["train"] = train.select([row for row, f in enumerate(ids) if f != index])
     dataset, info["skipped"] = {}, {}
     for name, ds in splits.items():
         kept = ds.filter(_has_text, fn_kwargs={"fields": TEXT_FIELDS[cfg.task]})
@@ -71,16 +83,47 @@ def split_off_validation(train: Dataset, val_ratio: float, seed: int, split_by: 
     if split_by is None:
         parts = train.train_test_split(test_size=val_ratio, seed=seed, shuffle=True)
         return {"train": parts["train"], "validation": parts["test"]}
-    if split_by not in train.column_names:
-        raise DataSourceError(f"{label} has no column '{split_by}' to split by (columns: {train.column_names})")
-    groups = sorted(set(train[split_by]))
+    keys = _group_keys(train, split_by, label)
+    groups = shuffled_groups(keys, seed)
     if len(groups) < 2:
         raise EmptyDataError(f"{label}: split_by='{split_by}' needs at least 2 groups, found {len(groups)}")
-    random.Random(seed).shuffle(groups)
     held_out = set(groups[: max(1, round(len(groups) * val_ratio))])
-    keys = train[split_by]
     return {"train": train.select([i for i, k in enumerate(keys) if k not in held_out]),
             "validation": train.select([i for i, k in enumerate(keys) if k in held_out])}
+
+
+def fold_ids(keys: list, k: int, seed: int, what: str = "rows") -> list[int]:
+    """Each row's fold (0..k-1) for k-fold cross-validation, rows given by their group key.
+
+    The groups come in the seeded order of `shuffled_groups`, each whole into the fold with
+    the fewest rows so far: no group straddles two folds, and folds are near equal in rows
+    (with one row per group, a shuffled round robin).
+    """
+    groups = shuffled_groups(keys, seed)
+    if k > len(groups):
+        raise EmptyDataError(f"{k} cross-validation folds need at least {k} {what}, found {len(groups)}; "
+                             "lower cv_folds")
+    sizes, rows, fold_of = Counter(keys), [0] * k, {}
+    for group in groups:
+        fold_of[group] = rows.index(min(rows))
+        rows[fold_of[group]] += sizes[group]
+    return [fold_of[key] for key in keys]
+
+
+def shuffled_groups(keys: list, seed: int) -> list:
+    """The distinct keys in a seeded random order (sorted first, so it depends on the seed alone)."""
+    groups = sorted(set(keys))
+    random.Random(seed).shuffle(groups)
+    return groups
+
+
+def _group_keys(train: Dataset, split_by: str | None, label: str) -> list:
+    """What keeps rows together: their `split_by` value, else each row is its own group."""
+    if split_by is None:
+        return list(range(len(train)))
+    if split_by not in train.column_names:
+        raise DataSourceError(f"{label} has no column '{split_by}' to split by (columns: {train.column_names})")
+    return list(train[split_by])
 
 
 TEXT_FIELDS = {"classification": ("text",), "qa": ("context", "question"),

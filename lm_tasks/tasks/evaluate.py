@@ -25,7 +25,10 @@ from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
 
 
-def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, out_dir: str | Path) -> dict:
+def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, out_dir: str | Path,
+                  fold: tuple[int, int] | None = None) -> dict:
+    """The model's scores on the validation split, or with `fold=(i, k)` on fold i of the train
+    split, the one its cross-validation model did not train on."""
     task_cfg, model_dir, out_dir = cfg.finetune[task_name], Path(model_dir), Path(out_dir)
     if not (model_dir / "head.safetensors").is_file():
         raise FileNotFoundError(f"No fine-tuned {task_name} model at {model_dir}; run python -m flows.finetune "
@@ -33,7 +36,8 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
     saved = json.loads((model_dir / "task.json").read_text())
     model = load_pretrained(model_dir)
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
-    dataset, info = load_task_data(task_cfg, cfg.seed)
+    dataset, info = load_task_data(task_cfg, cfg.seed, fold)
+    evaluated = dataset["held_out" if fold else "validation"]
     if "label_names" in saved:
         info["label_names"] = saved["label_names"]  # the label ids the head was trained on
     adapter = build_adapter(task_cfg, info, model.config, tokenizer, cfg.tokenizer.sep_token, saved["max_length"])
@@ -42,7 +46,7 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
         load_model(head, str(model_dir / "head.safetensors"))
     head.eval()
 
-    encoded, _ = adapter.encode(dataset["validation"], tokenizer)
+    encoded, _ = adapter.encode(evaluated, tokenizer)
     loader = DataLoader(encoded, batch_size=task_cfg.batch_size, collate_fn=adapter.collate)
     predictions, references = [], []
     with torch.no_grad():
@@ -51,14 +55,14 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
             references += adapter.references(batch)
     predictions, references = adapter.finalize(predictions, references)
     result = {"task": task_name, "metrics": adapter.score(predictions, references),
-              "baseline": adapter.baseline(dataset["train"], dataset["validation"]),
+              "baseline": adapter.baseline(dataset["train"], evaluated),
               "examples": len(predictions), "source": info["source"]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "predictions.jsonl") as tmp:
         with open(tmp, "w") as f:
             for i, (prediction, reference) in enumerate(zip(predictions, references)):
-                row = dataset["validation"][prediction.get("example_id", i)]  # qa may skip examples
+                row = evaluated[prediction.get("example_id", i)]  # qa may skip examples
                 f.write(json.dumps(adapter.record(row, prediction, reference), ensure_ascii=False) + "\n")
     if task_cfg.task == "classification":
         plot_confusion_matrix([p["label_id"] for p in predictions], references, adapter.label_names,

@@ -83,8 +83,9 @@ class FinetuneModule(L.LightningModule):
 
 
 def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Path, out_dir: str | Path,
-                  logger: Logger | bool = False) -> dict:
-    """Fine-tune the pretrained model on one task; return the best validation score, steps, data counts."""
+                  logger: Logger | bool = False, fold: tuple[int, int] | None = None) -> dict:
+    """Fine-tune the pretrained model on one task; return the best validation score, steps, data counts.
+    With `fold=(i, k)` it trains on the train split less fold i of k (cross-validation)."""
     task_cfg = cfg.finetune[task_name]
     out_dir, pretrained_dir = Path(out_dir), Path(pretrained_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -97,11 +98,11 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         raise ValueError(f"finetune.{task_name}.max_length={max_length} exceeds the pretrained "
                          f"model's block_size {model.config.block_size}")
     tokenizer = load_tokenizer(pretrained_dir / "tokenizer.json")
-    dataset, info = load_task_data(task_cfg, cfg.seed)
+    dataset, info = load_task_data(task_cfg, cfg.seed, fold)
     adapter = build_adapter(task_cfg, info, model.config, tokenizer, cfg.tokenizer.sep_token, max_length)
     encoded, truncated = {}, {}
-    for split, ds in dataset.items():
-        encoded[split], truncated[split] = adapter.encode(ds, tokenizer)
+    for split in ("train", "validation"):  # a cross-validation fold's held_out split is for evaluate_task
+        encoded[split], truncated[split] = adapter.encode(dataset[split], tokenizer)
     info["truncated"] = truncated  # classification, seq2seq: rows cut; qa: contexts split into windows
     info.update(getattr(adapter, "skipped", {}))
     log.info("finetune %s: %s", task_name, {k: len(v) for k, v in encoded.items()})

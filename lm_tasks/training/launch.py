@@ -39,16 +39,18 @@ TRACKING_URI_ENV = "LM_TASKS_TRACKING_URI"  # the unredacted URI, from the launc
 
 
 def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tracking_uri: str,
-                 run_id: str) -> dict:
+                 run_id: str, log_metrics: bool = True) -> dict:
     """Run `job` ("pretrain" or "finetune") with `inputs`; return its summary (also written
-    to `out_dir/train_summary.json`). Metrics go to the MLflow run `run_id`."""
+    to `out_dir/train_summary.json`). Metrics go to the MLflow run `run_id`, unless
+    `log_metrics` is false (a cross-validation fold: its curves would mix with the stage's)."""
     launcher = resolve_launcher(cfg.trainer)
     counted = job == "pretrain" and not cfg.model.trainable  # an n-gram model is fitted in one process
     if world_size(cfg.trainer) == 1 or launcher == "none" or counted:
-        summary = _train(job, cfg, inputs, out_dir, training_logger(cfg, tracking_uri, run_id))
+        logger = training_logger(cfg, tracking_uri, run_id) if log_metrics else False
+        summary = _train(job, cfg, inputs, out_dir, logger)
         write_json(out_dir / SUMMARY, summary)
         return summary
-    request = write_request(out_dir, job, cfg, inputs, tracking_uri, run_id)
+    request = write_request(out_dir, job, cfg, inputs, tracking_uri, run_id, log_metrics)
     command = launch_command(cfg.trainer, launcher, request, rdzv_id=run_id)
     if launcher == "torchrun" and cfg.trainer.num_nodes > 1:
         join = out_dir / JOIN
@@ -67,13 +69,14 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
 
 
 def write_request(out_dir: Path, job: str, cfg: LifecycleConfig, inputs: dict, tracking_uri: str,
-                  run_id: str) -> Path:
+                  run_id: str, log_metrics: bool = True) -> Path:
     """The workers' request file. It lands in the stage's folder, and so in the shared cache
     store: no secret goes in. Workers get the real tracking URI from their environment."""
     request = out_dir / REQUEST
     write_json(request, redact_tree({"job": job, "config": asdict(cfg), "out_dir": str(out_dir),
                                      "inputs": {k: str(v) for k, v in inputs.items()},
-                                     "tracking_uri": tracking_uri, "run_id": run_id}))
+                                     "tracking_uri": tracking_uri, "run_id": run_id,
+                                     "log_metrics": log_metrics}))
     return request
 
 
@@ -124,7 +127,9 @@ def _train(job: str, cfg: LifecycleConfig, inputs: dict, out_dir: Path, logger) 
     elif job == "finetune":
         from lm_tasks.training.finetune import finetune_task
 
-        summary = finetune_task(cfg, inputs["task"], inputs["pretrained_dir"], out_dir, logger)
+        fold = inputs.get("fold")  # "i/k": a cross-validation fold (a string, as in the request file)
+        summary = finetune_task(cfg, inputs["task"], inputs["pretrained_dir"], out_dir, logger,
+                                tuple(int(n) for n in fold.split("/")) if fold else None)
     else:
         raise ValueError(f"unknown training job {job!r}; expected pretrain or finetune")
     if logger:  # sends what is still kept; Lightning did already where it trained (not an n-gram fit)
@@ -144,7 +149,8 @@ def main(request_path: str) -> None:
     tracking_uri = worker_tracking_uri(request)
     remember(tracking_uri)  # this worker's log lines and errors mask it too
     install_log_filter()
-    logger = training_logger(cfg, tracking_uri, request["run_id"]) if rank_zero else False
+    logs = rank_zero and request.get("log_metrics", True)
+    logger = training_logger(cfg, tracking_uri, request["run_id"]) if logs else False
     summary = _train(request["job"], cfg, request["inputs"], Path(request["out_dir"]), logger)
     if rank_zero:
         write_json(Path(request["out_dir"]) / SUMMARY, summary)

@@ -131,8 +131,7 @@ class StudySweeper(Sweeper):
         run = search_tracking.trial_run(experiment_id, study.study_name, number)
         error = None
         if returned.status != JobStatus.COMPLETED:
-            err = returned._return_value  # JobReturn.return_value would raise it
-            error = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+            error = _job_error(returned._return_value)  # JobReturn.return_value would raise it
         elif run is None or run.info.status != "FINISHED":
             error = (f"the trial's job returned but its lifecycle run is "
                      f"{'missing' if run is None else run.info.status}")
@@ -232,6 +231,15 @@ def _split_arguments(arguments: Sequence[str]) -> tuple[list[str], dict[str, str
         else:
             base.append(override.input_line)
     return base, sweeps
+
+
+def _job_error(err: Any) -> str:
+    """A failed job's error in one line, the same for every trial it happened to: the cause
+    the CLI wrapped (flows/common.py's JobFailed), without the job's number."""
+    if isinstance(err, BaseException) and err.__cause__ is not None:
+        err = err.__cause__
+    text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+    return re.sub(r"^JobFailed: \S+ job \d+ failed: ", "", text)  # the cause is lost when a process pickled it
 
 
 def _plain(node: Any) -> Any:

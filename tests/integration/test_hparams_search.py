@@ -23,8 +23,7 @@ from lm_tasks import search
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = "e2e"
-# The CLI; LM_TASKS_SEARCH_CLI replaces it (a stand-in app while the Hydra CLI is being built).
-CLI = os.environ.get("LM_TASKS_SEARCH_CLI", f"{sys.executable} -m flows.lifecycle").split()
+CLI = [sys.executable, "-m", "flows.lifecycle"]
 
 
 def command(tmp_path: Path, *overrides: str) -> list[str]:

@@ -195,6 +195,20 @@ def test_outcomes(tmp_path):
     assert search.all_failed_alike([fail, search.Outcome("PRUNED")]) is None
 
 
+def test_a_wrapped_job_error_reads_the_same_for_every_trial():
+    from hydra_plugins.lm_tasks_search.sweeper import _job_error
+
+    try:
+        try:
+            raise ImportError("no module x")
+        except ImportError as cause:
+            raise RuntimeError("lifecycle job 3 failed: ImportError: no module x") from cause
+    except RuntimeError as err:
+        assert _job_error(err) == "ImportError: no module x"
+    pickled = type("JobFailed", (Exception,), {})("lifecycle job 7 failed: ImportError: no module x")
+    assert _job_error(pickled) == "ImportError: no module x"  # a process boundary dropped the cause
+
+
 def test_trial_overrides():
     overrides = search.trial_overrides(["debug=smoke"], {"optim.lr": 0.001, "model": "tiny"},
                                        {"study": "s", "trial": "3"}, override_value)

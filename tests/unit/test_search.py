@@ -413,7 +413,6 @@ def sweeper_for(tmp_path, *overrides: str):
     return sweeper, arguments, experiment_id
 
 
-@pytest.mark.slow  # a fresh MLflow store
 def test_the_sweeper_runs_batches_reads_objectives_and_records_pruning(tmp_path):
     sweeper, arguments, experiment_id = sweeper_for(
         tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=loop")
@@ -441,7 +440,6 @@ def test_the_sweeper_runs_batches_reads_objectives_and_records_pruning(tmp_path)
     assert again.launcher.batches == []
 
 
-@pytest.mark.slow  # a fresh MLflow store
 def test_a_first_batch_failing_alike_stops_the_search(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -165,10 +165,23 @@ def _resumable(resume_from: Path, parent_run_id: str | None, experiment_id: str,
 @contextmanager
 def lifecycle_run(cfg: LifecycleConfig, key: str, name: str, may_resume: bool, tags: dict) -> Iterator[Run]:
     """The lifecycle's parent run: a new one, or (when `may_resume`, i.e. no other process
-    runs this lifecycle) the unfinished run of an earlier attempt with the same key."""
+    runs this lifecycle) the unfinished run of an earlier attempt with the same key. A trial
+    of a hyperparameter search is nested under the search's run."""
     run_id = unfinished_lifecycle(cfg, key) if may_resume else None
-    with tracked_run(cfg, "lifecycle", tags={**tags, "lifecycle_key": key}, run_id=run_id, name=name) as run:
+    tags = {**tags, "lifecycle_key": key, **search_tags(cfg)}
+    with tracked_run(cfg, "lifecycle", tags=tags, run_id=run_id, name=name) as run:
         yield run
+
+
+def search_tags(cfg: LifecycleConfig) -> dict:
+    """A search trial's tags: its study and number, and its search run as MLflow parent
+    (set as a tag, which also re-parents a continued run of an interrupted trial)."""
+    if cfg.search.trial is None:
+        return {}
+    tags = {"search.study": cfg.search.study, "search.trial": str(cfg.search.trial)}
+    if cfg.search.run_id:
+        tags["mlflow.parentRunId"] = cfg.search.run_id
+    return tags
 
 
 def unfinished_lifecycle(cfg: LifecycleConfig, key: str) -> str | None:

@@ -158,8 +158,7 @@ class StudySweeper(Sweeper):
 
     def _typed_config(self):
         """This command's config (composed by Hydra without the sweeps) as the validated
-        LifecycleConfig every trial starts from. Not lm_tasks.config.load_config: that
-        composes with Hydra's compose API, which refuses to run inside a Hydra app."""
+        LifecycleConfig every trial starts from: what Hydra composed, not composed again."""
         from lm_tasks.config import config_from_dict
 
         app = OmegaConf.masked_copy(self.config, [key for key in self.config if key != "hydra"])

@@ -120,3 +120,13 @@ def test_finetune_task_alias():
     from flows.finetune import task_alias
 
     assert task_alias(["task=classification", "seed=1"]) == ["finetune=classification", "seed=1"]
+
+
+def test_a_credential_on_the_command_line_never_reaches_hydra():
+    """Hydra records the overrides it is given (.hydra/overrides.yaml, hydra.yaml): it is given
+    an interpolation of the environment variable the credential moved into."""
+    result = cli("--cfg", "hydra", "tracking.tracking_uri=http://me:hunter2@mlflow.internal:5000", module="flows.data")
+    assert result.returncode == 0, result.stderr
+    task = yaml.safe_load(result.stdout)["hydra"]["overrides"]["task"]
+    assert task == ["tracking.tracking_uri=http://me:${oc.env:LM_TASKS_SECRET_0}@mlflow.internal:5000"]
+    assert "hunter2" not in result.stdout + result.stderr

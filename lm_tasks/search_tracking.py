@@ -71,10 +71,12 @@ def _earlier_run(client: MlflowClient, experiment_id: str, study) -> str | None:
     return run_id
 
 
-def trial_run(experiment_id: str, study_name: str, number: int) -> Run | None:
-    """The newest lifecycle run of trial `number`."""
+def trial_run(experiment_id: str, search_run_id: str, number: int) -> Run | None:
+    """The newest lifecycle run of trial `number` among the search run's children (a study
+    deleted and started again under the same name has a new search run: its old trials'
+    runs never answer for the new ones)."""
     runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.stage = 'lifecycle' and tags.`search.study` = '{_quoted(study_name)}' "
+        [experiment_id], f"tags.stage = 'lifecycle' and tags.mlflow.parentRunId = '{_quoted(search_run_id)}' "
                          f"and tags.`search.trial` = '{number}'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
@@ -131,8 +133,8 @@ def mark_best(search_run_id: str, study) -> None:
     for key, value in tags.items():
         client.set_tag(search_run_id, key, value)
     experiment_id = client.get_run(search_run_id).info.experiment_id
-    best_run = trial_run(experiment_id, study.study_name, best.number)
-    marked = client.search_runs([experiment_id], f"tags.`search.study` = '{_quoted(study.study_name)}' "
+    best_run = trial_run(experiment_id, search_run_id, best.number)
+    marked = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{_quoted(search_run_id)}' "
                                                  "and tags.`search.best` = 'true'")
     for run in marked:
         if best_run is None or run.info.run_id != best_run.info.run_id:

@@ -112,7 +112,7 @@ class StudySweeper(Sweeper):
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             outcomes = []
             for trial, returned in zip(trials, returns):
-                outcome = self._outcome(study, trial.number, returned, spec.objective, experiment_id)
+                outcome = self._outcome(study, trial.number, returned, spec.objective, experiment_id, run_id)
                 search.tell(study, trial.number, outcome)
                 search_tracking.record_trial(run_id, study, trial.number, outcome)
                 self._log_outcome(study, spec, trial.number, outcome)
@@ -125,10 +125,10 @@ class StudySweeper(Sweeper):
                                   f"continue:\n{error}")
             first = False
 
-    def _outcome(self, study, number: int, returned, objective: str, experiment_id: str):
+    def _outcome(self, study, number: int, returned, objective: str, experiment_id: str, search_run_id: str):
         from lm_tasks import search, search_tracking
 
-        run = search_tracking.trial_run(experiment_id, study.study_name, number)
+        run = search_tracking.trial_run(experiment_id, search_run_id, number)
         error = None
         if returned.status != JobStatus.COMPLETED:
             error = _job_error(returned._return_value)  # JobReturn.return_value would raise it

@@ -250,14 +250,17 @@ def test_objective_is_read_from_the_trial_or_its_stage_runs(store):
     client = MlflowClient()
     pretrain = client.create_run(experiment_id, tags={"stage": "pretrain"}).info.run_id
     client.log_metric(pretrain, "val/bpb", 2.5)
-    trial_lifecycle(experiment_id, "obj", 0, {"eval/lm/bpb": 9.0})
-    trial_lifecycle(experiment_id, "obj", 0, {"eval/lm/bpb": 3.0}, **{"stage.pretrain.run_id": pretrain})
+    search_run, other_search = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    trial_lifecycle(experiment_id, "obj", 0, {"eval/lm/bpb": 9.0}, **{"mlflow.parentRunId": search_run})
+    trial_lifecycle(experiment_id, "obj", 0, {"eval/lm/bpb": 3.0}, **{"stage.pretrain.run_id": pretrain,
+                                                                       "mlflow.parentRunId": search_run})
+    trial_lifecycle(experiment_id, "obj", 0, {"eval/lm/bpb": 1.0}, **{"mlflow.parentRunId": other_search})
 
-    run = search_tracking.trial_run(experiment_id, "obj", 0)
-    assert search_tracking.objective_value(run, "eval/lm/bpb") == 3.0  # the newest run of trial 0
+    run = search_tracking.trial_run(experiment_id, search_run, 0)
+    assert search_tracking.objective_value(run, "eval/lm/bpb") == 3.0  # the newest run of trial 0 of this search
     assert search_tracking.objective_value(run, "val/bpb") == 2.5  # a cached stage's run, by lineage tag
     assert search_tracking.objective_value(run, "eval/classification/accuracy") is None
-    assert search_tracking.trial_run(experiment_id, "obj", 1) is None
+    assert search_tracking.trial_run(experiment_id, search_run, 1) is None
     assert search_tracking.objective_value(None, "eval/lm/bpb") is None
 
 

@@ -3,6 +3,7 @@
     python -m flows.lifecycle [hydra overrides]
     python -m flows.lifecycle finetune=classification     # with task fine-tuning
     python -m flows.lifecycle -m optim.lr=1e-3,3e-4      # one lifecycle per sweep job
+    python -m flows.lifecycle hparams_search=tpe         # a hyperparameter search, one lifecycle per trial
 
 data -> tokenizer -> pretrain -> finetune (one run per selected task) -> evaluate -> promotion.
 Stages pass paths and content digests (StageResult), never datasets or models; each is

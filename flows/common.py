@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import CompactHydraException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -236,7 +236,8 @@ def hydra_job(flow: Callable) -> Callable[[DictConfig], dict]:
 
     def job(_: DictConfig) -> dict:
         config = HydraConfig.get()
-        overrides = list(config.overrides.task)
+        # Unresolved: a credential stashed in the environment stays an ${oc.env:...} reference.
+        overrides = OmegaConf.to_container(config.overrides.task, resolve=False)
         with job_log(Path(config.runtime.output_dir) / f"{config.job.name}.log"):
             return run_job(flow, overrides, config)
 

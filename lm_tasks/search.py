@@ -36,6 +36,10 @@ ERROR = "error"               # trial user attr: why a FAILED trial failed
 COMPLETE, PRUNED, FAIL = "COMPLETE", "PRUNED", "FAIL"
 
 
+class SearchError(RuntimeError):
+    """The search cannot go on (every trial of a first batch failed alike, a bad setting)."""
+
+
 @dataclass
 class SamplerSpec:
     kind: str = "tpe"               # tpe | grid | random

@@ -26,15 +26,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.lm_tasks_search.space import SearchSpace, override_value, parse_space
+from hydra_plugins.lm_tasks_search._space import SearchSpace, override_value, parse_space
+from lm_tasks.search import SearchError
 
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "LM_TASKS_SEARCH_STORAGE"  # a storage URL with credentials reaches trials through here
-
-
-class SearchError(RuntimeError):
-    """The search cannot go on (every trial of a first batch failed alike, a bad setting)."""
 
 
 class StudySweeper(Sweeper):
@@ -185,7 +182,7 @@ class StudySweeper(Sweeper):
     def _params_for(self, objective: str, cfg) -> dict[str, Any]:
         """`params`, plus `finetune_params` under finetune.<task> when the objective is a task's,
         else `pretrain_params`."""
-        from hydra_plugins.lm_tasks_search.space import flatten
+        from hydra_plugins.lm_tasks_search._space import flatten
 
         parts = objective.split("/")
         task = parts[1] if len(parts) >= 3 and parts[0] == "eval" and parts[1] != "lm" else None

@@ -130,3 +130,28 @@ def test_a_credential_on_the_command_line_never_reaches_hydra():
     task = yaml.safe_load(result.stdout)["hydra"]["overrides"]["task"]
     assert task == ["tracking.tracking_uri=http://me:${oc.env:LM_TASKS_SECRET_0}@mlflow.internal:5000"]
     assert "hunter2" not in result.stdout + result.stderr
+
+
+class RecordingFlow:
+    """Stands in for a Prefect flow as the Hydra job's callee: records what it is called with."""
+
+    name, description = "data", "records its overrides"
+
+    def __init__(self):
+        self.calls = []
+        self.fn = self.__call__
+
+    def __call__(self, overrides):
+        self.calls.append(overrides)
+        return {}
+
+
+def test_the_flow_receives_the_credential_as_an_environment_reference(tmp_path, monkeypatch):
+    from flows.common import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    flow = RecordingFlow()
+    run_cli(flow, ["tracking.tracking_uri=http://me:hunter2@mlflow.internal:5000", f"hydra.run.dir={tmp_path}/run"])
+    [[override]] = flow.calls
+    assert override.startswith("tracking.tracking_uri=http://me:${oc.env:LM_TASKS_SECRET_")
+    assert "hunter2" not in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()

@@ -55,8 +55,9 @@ def test_unknown_key_suggests_nearest(override, suggestion):
     assert f"Did you mean: {suggestion}" in message
 
 
-def test_unknown_group_option_lists_available():
-    with pytest.raises(ConfigError, match="Available options in 'model'"):
+def test_unknown_group_option_suggests_the_nearest_and_lists_the_options():
+    with pytest.raises(ConfigError, match=r"^Unknown option 'tiy' for model\. Did you mean model=tiny\? "
+                                          r"Options: gpt, gpt2_small, gru, lstm, ngram, rnn, small, tiny$"):
         load_config(["model=tiy"])
 
 

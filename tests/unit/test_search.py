@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.lm_tasks_search.space import SearchSpaceError, flatten, override_value, parse_space
+from hydra_plugins.lm_tasks_search._space import SearchSpaceError, flatten, override_value, parse_space
 from lm_tasks import search
 from lm_tasks.config import TrackingConfig, load_config
 from lm_tasks.training.pruning import TrialPruning, proxy_metric, pruning_callbacks
@@ -446,7 +446,7 @@ def test_the_sweeper_runs_batches_reads_objectives_and_records_pruning(tmp_path)
 def test_a_first_batch_failing_alike_stops_the_search(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from hydra_plugins.lm_tasks_search.sweeper import SearchError
+    from lm_tasks.search import SearchError
 
     sweeper, arguments, experiment_id = sweeper_for(tmp_path, "hydra.sweeper.n_trials=6",
                                                     "hydra.sweeper.n_jobs=2")

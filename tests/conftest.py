@@ -13,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lm_tasks.config import load_config  # noqa: E402
+from tests.servers import Background, start_prefect_server  # noqa: E402
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -26,3 +27,16 @@ def smoke_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def smoke_cfg(smoke_overrides):
     return load_config(smoke_overrides)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> dict:
+    """The environment for the tests' `python -m flows...` processes: one `prefect server` for
+    the whole session, which each of them talks to instead of starting a temporary server of
+    its own (10-20 s each on 2 cores)."""
+    folder = tmp_path_factory.mktemp("prefect-api")
+    background = Background(folder)
+    try:
+        yield start_prefect_server(background, folder, {**os.environ, "PREFECT_HOME": str(folder / "home")})
+    finally:
+        background.stop_all()

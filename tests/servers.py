@@ -185,15 +185,20 @@ def isolated_env(tmp_path: Path) -> dict:
 
 
 
-def start_prefect(background: Background, tmp_path: Path, env: dict, server_env: dict | None = None) -> dict:
-    """A `prefect server` on a free port, the `lm-tasks` process pool and a worker started away
-    from the repository; returns the environment that talks to that server."""
+def start_prefect_server(background: Background, tmp_path: Path, env: dict, server_env: dict | None = None) -> dict:
+    """A `prefect server` on a free port; returns the environment that talks to it."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     server = background.start("server", PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port),
                                                   "--no-ui"], {**env, **(server_env or {})}, tmp_path)
-    client_env = {**env, "PREFECT_API_URL": api_url}
     wait_for_health(api_url, server)
+    return {**env, "PREFECT_API_URL": api_url}
+
+
+def start_prefect(background: Background, tmp_path: Path, env: dict, server_env: dict | None = None) -> dict:
+    """A `prefect server` on a free port, the `lm-tasks` process pool and a worker started away
+    from the repository; returns the environment that talks to that server."""
+    client_env = start_prefect_server(background, tmp_path, env, server_env)
     cli(["work-pool", "create", POOL, "--type", "process"], client_env)
     worker_dir = tmp_path / "worker"
     worker_dir.mkdir(exist_ok=True)

@@ -23,12 +23,13 @@ TASK = ["finetune=classification", "finetune.classification.data.max_rows=60", "
         "finetune.classification.val_check_interval=2", "finetune.classification.batch_size=8"]
 
 
-def test_three_fold_cross_validation_of_classification(tmp_path, smoke_overrides):
+def test_three_fold_cross_validation_of_classification(tmp_path, smoke_overrides, prefect_api):
     model_dir = small_pretrained_model(tmp_path, load_config(smoke_overrides + TASK))
     overrides = smoke_overrides + TASK + [f"init_from={model_dir}"]
     cfg = load_config(overrides + ["finetune.classification.cv_folds=3"])
     result = subprocess.run([sys.executable, "-m", "flows.finetune", *overrides, "finetune.classification.cv_folds=3"],
-                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+                            cwd=Path(__file__).resolve().parents[2], env=prefect_api, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     fold_lines = [line.split(" - ")[-1].split(":")[0] for line in result.stderr.splitlines() if " fold " in line]
     assert fold_lines == ["classification fold 1/3", "classification fold 2/3", "classification fold 3/3"]

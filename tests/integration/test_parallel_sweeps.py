@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # two data stages in two processes
-def test_sweep_jobs_run_two_at_once_into_one_mlflow_store_computing_a_shared_stage_once(tmp_path):
+def test_sweep_jobs_run_two_at_once_into_one_mlflow_store_computing_a_shared_stage_once(tmp_path, prefect_api):
     # Four jobs, two at a time: first the two max_rows values at once, then the same again with
     # another data.num_proc, which is not part of the data stage's key: two cache hits.
     result = subprocess.run(
         [sys.executable, "-m", "flows.data", "-m", "debug=smoke", f"paths.root_dir={tmp_path}",
          "data.num_proc=1,2", "data.max_rows=200,300", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=prefect_api, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert all(f"[multirun] job {n}: debug=smoke" in result.stdout for n in range(4))

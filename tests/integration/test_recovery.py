@@ -1,7 +1,7 @@
 """Crashes, failures and concurrent jobs, driven through the real command line.
 
-Each lifecycle runs as `python -m flows.lifecycle ...` in its own process (with its own
-temporary Prefect server), as a user or a scheduler would start it.
+Each lifecycle runs as `python -m flows.lifecycle ...` in its own process, reporting to a
+Prefect server, as a user or a scheduler would start it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ TRAINING = ["trainer.max_steps=150", "trainer.checkpoint_every_n_steps=10", "tra
 
 
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory) -> dict:
-    """The environment of every lifecycle process: one private Prefect home for this module."""
-    return {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def prefect_env(prefect_api) -> dict:
+    """The environment of every lifecycle process: the session's Prefect server."""
+    return prefect_api
 
 
 def start_lifecycle(overrides: list[str], env: dict) -> subprocess.Popen:

@@ -17,9 +17,10 @@ from lm_tasks.config import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, module: str = "flows.lifecycle", timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, module: str = "flows.lifecycle", timeout: float = 120, env: dict | None = None
+        ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_help_shows_the_flow_description_and_every_config_group_with_its_options():
@@ -32,13 +33,11 @@ def test_help_shows_the_flow_description_and_every_config_group_with_its_options
 
 
 def test_cfg_job_prints_the_composed_config_with_overrides_and_runs_nothing(tmp_path):
-    result = cli("--cfg", "job", "--resolve", "--package", "paths", "model=small", "optim.lr=0.01",
-                 f"paths.root_dir={tmp_path}")
+    result = cli("--cfg", "job", "--resolve", "model=small", "optim.lr=0.01", f"paths.root_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("# @package paths")
-    assert yaml.safe_load(result.stdout)["output_dir"] == f"{tmp_path}/outputs/lm-lifecycle"
-    whole = yaml.safe_load(cli("--cfg", "job", "model=small", "optim.lr=0.01").stdout)
+    whole = yaml.safe_load(result.stdout)
     assert whole["optim"]["lr"] == 0.01 and whole["model"]["name"] == "small"
+    assert whole["paths"]["output_dir"] == f"{tmp_path}/outputs/lm-lifecycle"  # resolved
     assert "hydra" not in whole
     assert list(tmp_path.iterdir()) == []
 
@@ -86,10 +85,10 @@ def test_sweep_values_cover_choices_ranges_and_interval_bounds():
 
 
 @pytest.mark.slow  # one data stage through the real command line
-def test_a_run_writes_its_record_to_hydra_run_dir_and_never_changes_directory(tmp_path):
+def test_a_run_writes_its_record_to_hydra_run_dir_and_never_changes_directory(tmp_path, prefect_api):
     run_dir = tmp_path / "my-run"
     result = cli("debug=smoke", f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}", module="flows.data",
-                 timeout=300)
+                 timeout=300, env=prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) == [
         "debug=smoke", f"paths.root_dir={tmp_path}"]
@@ -125,9 +124,11 @@ def test_finetune_task_alias():
 def test_a_credential_on_the_command_line_never_reaches_hydra():
     """Hydra records the overrides it is given (.hydra/overrides.yaml, hydra.yaml): it is given
     an interpolation of the environment variable the credential moved into."""
-    result = cli("--cfg", "hydra", "tracking.tracking_uri=http://me:hunter2@mlflow.internal:5000", module="flows.data")
+    result = cli("--cfg", "hydra", "--package", "hydra.overrides",
+                 "tracking.tracking_uri=http://me:hunter2@mlflow.internal:5000", module="flows.data")
     assert result.returncode == 0, result.stderr
-    task = yaml.safe_load(result.stdout)["hydra"]["overrides"]["task"]
+    assert result.stdout.startswith("# @package hydra.overrides")
+    task = yaml.safe_load(result.stdout)["task"]
     assert task == ["tracking.tracking_uri=http://me:${oc.env:LM_TASKS_SECRET_0}@mlflow.internal:5000"]
     assert "hunter2" not in result.stdout + result.stderr
 

@@ -362,12 +362,12 @@ def shared_prefect_server(multirun: bool) -> Iterator[None]:
     """The jobs of a sweep report to one Prefect server. Without PREFECT_API_URL each process
     would start a temporary server of its own: jobs in parallel processes (hydra/launcher=joblib)
     would each spend 10-20 s starting one. The in-process jobs use this same server."""
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
     if not multirun or get_current_settings().api.url:  # a server is configured (or a test harness's)
         yield
         return
+    from prefect.server.api.server import SubprocessASGIServer  # the server's code: only when needed
 
     server = SubprocessASGIServer()  # the instance Prefect's own temporary mode uses
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120)))

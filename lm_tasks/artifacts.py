@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextmanager
@@ -68,10 +68,11 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def files_digest(paths: list[Path], root: Path) -> str:
-    """One digest over several files: their names relative to `root` and their bytes."""
+def files_digest(paths: list[Path], root: Path, digest: Callable[[Path], str] = file_digest) -> str:
+    """One digest over several files: their names relative to `root` and their bytes
+    (each file's digest from `digest`)."""
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(str(path.relative_to(root)).encode())
-        h.update(file_digest(path).encode())
+        h.update(digest(path).encode())
     return h.hexdigest()

@@ -12,6 +12,9 @@ manifest (`stage.json`) that lists every file, its size and its SHA-256.
   manifest and every file pass lm_tasks.cache_manifest's checks (names inside the
   entry, no symlink, sizes, digests). A bad entry is refused with a warning naming it
   and recomputed; a fetch checks every name before it writes anything.
+- A file's digest is recomputed only when its stat stamp changed since this user last
+  hashed it (lm_tasks.stamps), so a hit costs the same for a 1 KB and a 1 GB entry;
+  `cache.verify=full` re-hashes every file of every entry it uses.
 - Writes go into `<key>.partial/` and are renamed into place at the end, so an
   interrupted stage never leaves an entry; pretraining resumes from the
   checkpoints in its `.partial` folder. Every rename is followed by a folder fsync.
@@ -47,6 +50,7 @@ from lm_tasks.artifacts import replace, sync_dir
 from lm_tasks.cache_manifest import MANIFEST, CorruptEntryError, verify, write_manifest
 from lm_tasks.cache_store import RemoteStore, owner_is_dead, owner_tag
 from lm_tasks.config import CacheConfig
+from lm_tasks.stamps import Stamps
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ class StageCache:
         self.cfg = cfg
         self.remote = RemoteStore(cfg.store.rstrip("/")) if "://" in cfg.store else None
         self.local = local_root(cfg)
+        self.stamps = Stamps(cfg.stamp_dir, trust=cfg.verify == "stamp")
         refresh = cfg.refresh if isinstance(cfg.refresh, list) else [cfg.refresh]
         self.refresh = {str(name) for name in refresh if name}
         self._leased: set[str] = set()  # store leases this object holds (in `claim`)
@@ -119,7 +124,7 @@ class StageCache:
         path = self.entry_dir(stage, key)
         if path.exists() or path.is_symlink():
             try:
-                entry = Entry(path, verify(path, key))
+                entry = Entry(path, verify(path, key, self.stamps))
             except CorruptEntryError as err:
                 log.warning("cache: refused %s entry %s: %s; recomputing it", stage, key[:12], err)
                 self._discard(path)
@@ -171,6 +176,7 @@ class StageCache:
         final = self.entry_dir(stage, key)
         self._discard(final)
         replace(work, final)
+        self._remember(final, manifest)
         if self.remote:
             name = entry_name(stage, key)
             if name in self._leased and not self.remote.holds(name):
@@ -228,8 +234,14 @@ class StageCache:
             remove(tmp)
             return self.lookup(stage, key)
         sync_dir(final.parent)
+        self._remember(final, manifest)
         log.info("cache: %s %s fetched from %s", stage, key[:12], self.remote.url)
         return Entry(final, manifest)
+
+    def _remember(self, path: Path, manifest: dict) -> None:
+        """Record the stamps of an entry's files, just hashed (committed or downloaded)."""
+        for name, digest in manifest["files"].items():
+            self.stamps.remember(path / name, digest)
 
     def _upload_if_missing(self, stage: str, key: str, entry: Entry) -> None:
         """Upload a local entry the store lacks (an earlier upload failed or was interrupted)."""

@@ -18,13 +18,13 @@ refuses it and recomputes the stage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path, PurePosixPath
 
 from lm_tasks.artifacts import write_json
+from lm_tasks.stamps import Stamps, sized_digest
 
 MANIFEST = "stage.json"
 MAX_MANIFEST_BYTES = 4 << 20  # a manifest lists names and digests: a few MB is thousands of files
@@ -102,9 +102,11 @@ def safe_name(name) -> bool:
             and PurePosixPath(name).as_posix() == name)
 
 
-def verify(path: Path, key: str | None = None) -> dict:
+def verify(path: Path, key: str | None = None, stamps: Stamps | None = None) -> dict:
     """The manifest of the entry at `path`, after every check above (the key defaults to the
-    folder's name)."""
+    folder's name). File digests come from `stamps` (re-read only when a file's stat stamp
+    changed since it was last hashed), else every file is read."""
+    stamps = stamps or Stamps(None)
     key = key or path.name
     for folder in (path.parent, path):
         if folder.is_symlink():
@@ -130,16 +132,6 @@ def verify(path: Path, key: str | None = None) -> dict:
             raise CorruptEntryError(f"{file} listed in the manifest is missing")
         if file.stat().st_size != manifest["sizes"][name]:
             raise CorruptEntryError(f"{file} does not have the size in the manifest")
-        if sized_digest(file)[0] != digest:
+        if stamps.digest(file) != digest:
             raise CorruptEntryError(f"{file} does not match its digest in the manifest")
     return manifest
-
-
-def sized_digest(path: Path) -> tuple[str, int]:
-    """SHA-256 and byte count of a file, read without following a symlink."""
-    h, size = hashlib.sha256(), 0
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size

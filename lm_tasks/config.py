@@ -390,8 +390,11 @@ class CacheConfig:
     store: str
     staging_dir: str
     refresh: Any  # a stage name, a list of them, or "all"
+    verify: str = "stamp"  # how a hit is checked: stamp (O(1) in entry size) | full (re-hash every file)
+    stamp_dir: Optional[str] = None  # where this user's file stamps are kept (None: none, always re-hash)
 
     def __post_init__(self) -> None:
+        _check_choice("cache.verify", self.verify, ("stamp", "full"))
         names = self.refresh if isinstance(self.refresh, list) else [self.refresh]
         for name in names:
             if name is not None:

@@ -33,6 +33,7 @@ from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.files import expand_files
 from lm_tasks.retry import retry_transient
+from lm_tasks.stamps import Stamps
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def data_key(cfg: LifecycleConfig) -> str:
     data = _without(asdict(cfg.data), NOT_IN_KEY)
     inputs = {}
     if cfg.data.source == "local":  # the files' content, not their names
-        inputs["files"] = _files_digest(cfg.data.files + cfg.data.validation_files, "data.files")
+        inputs["files"] = _files_digest(cfg, cfg.data.files + cfg.data.validation_files, "data.files")
     config = {"data": data, "seed": cfg.seed}
     decontamination = cfg.data.cleaning.decontamination
     if decontamination.enabled and decontamination.tasks and cfg.finetune:  # their evaluation sets are inputs
@@ -117,12 +118,15 @@ def _task_files(cfg: LifecycleConfig, task: str) -> dict:
     data = cfg.finetune[task].data
     if data.source != "local":
         return {}
-    return {"files": _files_digest(data.train_files + data.validation_files, f"finetune.{task}.data")}
+    return {"files": _files_digest(cfg, data.train_files + data.validation_files, f"finetune.{task}.data")}
 
 
-def _files_digest(patterns: list[str], label: str) -> str:
+def _files_digest(cfg: LifecycleConfig, patterns: list[str], label: str) -> str:
+    """The input files' digest; a file is re-read only when its stat stamp changed (a 100 GB
+    corpus is not hashed again on every run)."""
+    stamps = Stamps(cfg.cache.stamp_dir, trust=cfg.cache.verify == "stamp")
     files = [Path(f) for f in expand_files(patterns, label)]
-    return files_digest(files, Path("/"))
+    return files_digest(files, Path("/"), lambda path: stamps.digest(path.resolve()))
 
 
 def _without(values: dict, drop: set) -> dict:

@@ -261,8 +261,12 @@ class TrainerConfig:
     activation_checkpointing: bool
     launcher: str
     rdzv_endpoint: Optional[str]
+    profiler: Optional[str] = None  # simple | advanced | pytorch: Lightning's profiler, report in profile/
+    peak_tflops: Optional[float] = None  # per device, for train/mfu (null: Lightning's GPU table; none on CPU)
 
     def __post_init__(self) -> None:
+        if self.profiler is not None:
+            _check_choice("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch"))
         for key in ("max_steps", "global_batch_size", "val_check_interval", "checkpoint_every_n_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
@@ -379,6 +383,8 @@ class TrackingConfig:
     experiment_name: str
     run_name: Optional[str]
     outage_patience_minutes: float = 30.0
+    system_metrics: bool = True  # CPU, memory, GPU use of training runs as system/* metrics
+    system_metrics_interval_s: float = 10.0
 
 
 STAGES = ("data", "tokenizer", "pretrain", "finetune", "evaluate")

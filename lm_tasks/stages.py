@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 # Trainer keys that change how a run is logged, fed or launched, never what it learns.
 NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
-              "rdzv_endpoint"}
+              "rdzv_endpoint", "profiler", "peak_tflops"}
+TRAINING = ("pretrain", "finetune")  # the stages whose runs record system metrics (tracking.system_metrics)
 
 
 @dataclass
@@ -216,6 +217,8 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
                                mlflow.active_run().info.run_id)
+        _log_profile(out)
+
         def log_model() -> None:
             mlflow.log_artifacts(summary["model_dir"], "model")
             _log_hf_export(summary["model_dir"], out / "hf")
@@ -241,6 +244,7 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
         summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
                                cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
+        _log_profile(out)
         mlflow.log_artifacts(str(out / "model"), "model")
         _log_hf_export(out / "model", out / "hf")  # the fine-tuned backbone
         if task == "classification":  # the task models lm_tasks.serving can serve
@@ -267,6 +271,12 @@ def _cross_validate(cfg: LifecycleConfig, task: str, model_dir: Path, out: Path)
     (out / "cross_validation.md").write_text(report_markdown(task, scores, summary))
     mlflow.log_artifact(str(out / "cross_validation.md"))
     return {f"eval/{task}/{name}": value for name, value in summary.items()}
+
+
+def _log_profile(out: Path) -> None:
+    """The profiler's report (trainer.profiler), when one ran."""
+    if (out / "profile").is_dir():
+        mlflow.log_artifacts(str(out / "profile"), "profile")
 
 
 def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
@@ -465,8 +475,9 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
             if entry is None:
                 start = time.perf_counter()
                 resume_from = work / "mlflow_run.json" if resume else None
+                training = stage.split(":")[0] in TRAINING
                 with tracking.tracked_run(cfg, stage, parent_run_id, {**tags, "cache_key": key},
-                                          resume_from=resume_from) as run:
+                                          resume_from=resume_from, system_metrics=training) as run:
                     digest, metrics = compute(work)
                     retry_transient(lambda: (tracking.log_metrics(metrics), mlflow.set_tag("output.digest", digest)),
                                     f"Logging the {stage} stage's results", _patience_s(cfg))

@@ -86,13 +86,15 @@ def default_run_name(cfg: LifecycleConfig) -> str:
 @contextmanager
 def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = None,
                 tags: dict | None = None, resume_from: Path | None = None,
-                run_id: str | None = None, name: str | None = None) -> Iterator[Run]:
+                run_id: str | None = None, name: str | None = None, system_metrics: bool = False) -> Iterator[Run]:
     """Start a run tagged `stage=<stage>`: a child of `parent_run_id`, or top level.
 
     Every run carries the flattened resolved config as params and config.yaml. The run
     ends FINISHED; FAILED when the block raises; KILLED when it is interrupted (Ctrl-C,
     SIGTERM, a cancelled Prefect run). `run_id`, or the id saved in `resume_from` by an
-    interrupted earlier attempt, continues that run instead of starting a new one.
+    interrupted earlier attempt, continues that run instead of starting a new one. With
+    `system_metrics` (and `tracking.system_metrics`), MLflow samples CPU, memory, disk,
+    network and, with `nvidia-ml-py`, GPU use into `system/*` metrics while the run is open.
     """
     experiment_id = configure(cfg.tracking)
     patience = 60 * cfg.tracking.outage_patience_minutes
@@ -103,7 +105,10 @@ def tracked_run(cfg: LifecycleConfig, stage: str, parent_run_id: str | None = No
     name = name or (stage if parent_run_id else f"{stage}: {default_run_name(cfg)}")
     all_tags = {"stage": family, "host": socket.gethostname(), "pid": str(os.getpid()),  # who ran it
                 **({"git_commit": git_commit()} if git_commit() else {}), **(tags or {})}
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id,
+    system_metrics = system_metrics and cfg.tracking.system_metrics
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, log_system_metrics=system_metrics,
                            run_name=None if run_id else redact(name, remembered=False), parent_run_id=parent_run_id,
                            nested=parent_run_id is not None, tags=redact_tree(all_tags))
     if resume_from is not None:

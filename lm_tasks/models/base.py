@@ -41,6 +41,10 @@ class CausalLM(nn.Module):
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward and backward): 6 per parameter, each used once per token."""
+        return 6.0 * self.num_parameters()
+
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """Decay matrices (linear, recurrent and embedding weights); never biases or norm gains."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -203,6 +203,12 @@ class GPT(CausalLM):
             n -= self.wpe.weight.numel()
         return n
 
+    def flops_per_token(self) -> float:
+        """6N for the weights (N without the position table; the tied head counted once) plus
+        the attention scores and mixing: 12 x layers x heads x head size x context (PaLM, app. B)."""
+        c = self.config
+        return 6.0 * self.num_parameters() + 12.0 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> the final normalised hidden states (B, T, C) that heads read."""
         B, T = idx.shape

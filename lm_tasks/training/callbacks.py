@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 
 log = logging.getLogger(__name__)
 
@@ -13,13 +16,25 @@ log = logging.getLogger(__name__)
 class Throughput(L.Callback):
     """Logs `train/tokens_per_sec` every `every` steps (all devices together), and a
     progress line every `line_every` steps, readable in Prefect logs and CI output
-    where a progress bar is not."""
+    where a progress bar is not.
 
-    def __init__(self, every: int, line_every: int):
+    With the model's FLOPs per token it also logs `train/tflops` (model TFLOP/s, all devices)
+    and, where the device's peak is known (`peak_tflops`, else Lightning's table of GPU peaks
+    for the training precision), `train/mfu`: model FLOPs utilisation in [0, 1].
+    """
+
+    def __init__(self, every: int, line_every: int, flops_per_token: float | None = None,
+                 peak_tflops: float | None = None):
         self.every = max(1, every)
         self.line_every = max(self.every, line_every // self.every * self.every)
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_tflops * 1e12 if peak_tflops else None  # per device
         self._start: float | None = None
         self._tokens = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.peak_flops is None and pl_module.device.type == "cuda":
+            self.peak_flops = get_available_flops(pl_module.device, _compute_dtype(trainer.precision))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._start is None:
@@ -32,9 +47,36 @@ class Throughput(L.Callback):
         if step % self.every == 0 and self._start is not None:
             rate = self._tokens / max(time.perf_counter() - self._start, 1e-9)
             pl_module.log("train/tokens_per_sec", rate)
+            if self.flops_per_token:
+                flops = rate * self.flops_per_token
+                pl_module.log("train/tflops", flops / 1e12)
+                if self.peak_flops:
+                    pl_module.log("train/mfu", flops / (self.peak_flops * trainer.world_size))
             self._start, self._tokens = time.perf_counter(), 0
             if step % self.line_every == 0 and trainer.is_global_zero:
                 metrics = trainer.callback_metrics
                 val = f" val/loss {float(metrics['val/loss']):.3f}" if "val/loss" in metrics else ""
-                log.info("step %d/%d  train/loss %.3f%s  %.0f tokens/s", step, trainer.max_steps,
-                         float(outputs["loss"]), val, rate)
+                mfu = f"  MFU {float(metrics['train/mfu']):.1%}" if "train/mfu" in metrics else ""
+                log.info("step %d/%d  train/loss %.3f%s  %.0f tokens/s%s", step, trainer.max_steps,
+                         float(outputs["loss"]), val, rate, mfu)
+
+
+def _compute_dtype(precision) -> torch.dtype:
+    """The matmul dtype of a Lightning precision setting ("bf16-mixed" -> bfloat16)."""
+    precision = str(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def profiler(name: str | None, out_dir: Path):
+    """Lightning's profiler `name` (simple, advanced, pytorch), reporting into `out_dir/profile/`."""
+    if name is None:
+        return None
+    from lightning.pytorch.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+
+    kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+    return kinds[name](dirpath=str(out_dir / "profile"), filename="profile")
+

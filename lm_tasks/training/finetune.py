@@ -36,7 +36,7 @@ from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
-from lm_tasks.training.callbacks import Throughput
+from lm_tasks.training.callbacks import Throughput, profiler
 from lm_tasks.training.checkpoints import sigterm_between_steps
 from lm_tasks.training.optim import build_optimizer
 from lm_tasks.training.pruning import pruning_callbacks
@@ -119,8 +119,11 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         max_time={"minutes": task_cfg.max_minutes} if task_cfg.max_minutes else None,
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val, logger=logger,
-        callbacks=[checkpoint, stopper, Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10)),
+        callbacks=[checkpoint, stopper,
+                   Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10),
+                              flops_per_token=model.flops_per_token(), peak_tflops=t.peak_tflops),
                    *pruning_callbacks(cfg, "finetune", task_name)],  # on a search trial only
+        profiler=profiler(t.profiler, out_dir),
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(out_dir), use_distributed_sampler=False,  # sharded below, validation whole
     )

@@ -23,7 +23,7 @@ from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.datamodule import PackedDataModule
 from lm_tasks.models.io import build_config, save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
-from lm_tasks.training.callbacks import Throughput
+from lm_tasks.training.callbacks import Throughput, profiler
 from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps
 from lm_tasks.training.distributed import batch_plan, strategy
 from lm_tasks.training.module import CausalLMModule
@@ -78,8 +78,11 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=plan.accumulate, logger=logger,
-        callbacks=[checkpoint, last, Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10)),
+        callbacks=[checkpoint, last,
+                   Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10),
+                              flops_per_token=module.model.flops_per_token(), peak_tflops=t.peak_tflops),
                    *pruning_callbacks(cfg, "pretrain")],  # on a search trial only
+        profiler=profiler(t.profiler, out_dir),
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,  # the sampler shards and resumes itself

@@ -40,8 +40,9 @@ def model_config_for(cfg: LifecycleConfig, tokenizer_path: str | Path):
 
 
 def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path,
-             out_dir: str | Path, logger: Logger | bool = False) -> dict:
-    """Train the model on the packed tokens; export the best weights; return a summary."""
+             out_dir: str | Path, logger: Logger | bool = False, callbacks: tuple[L.Callback, ...] = ()) -> dict:
+    """Train the model on the packed tokens; export the best weights; return a summary.
+    `callbacks`: Lightning callbacks to add to the recipe's own (a benchmark's step clock)."""
     if not cfg.model.trainable:
         from lm_tasks.training.ngram import fit_ngram
 
@@ -81,7 +82,7 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         callbacks=[checkpoint, last,
                    Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10),
                               flops_per_token=module.model.flops_per_token(), peak_tflops=t.peak_tflops),
-                   *pruning_callbacks(cfg, "pretrain")],  # on a search trial only
+                   *pruning_callbacks(cfg, "pretrain"), *callbacks],  # pruning: on a search trial only
         profiler=profiler(t.profiler, out_dir),
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,

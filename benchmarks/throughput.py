@@ -105,14 +105,6 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def flops_per_token(cfg, vocab_size: int) -> float:
-    m = cfg.model
-    embeddings = vocab_size * m.n_embd  # tied with the head: counted once, as nanoGPT does
-    per_layer = 12 * m.n_embd**2  # attention 4 C^2 + MLP 8 C^2 (no biases)
-    n_params = embeddings + m.n_layer * per_layer
-    return 6 * n_params + 12 * m.n_layer * m.n_head * (m.n_embd // m.n_head) * m.block_size
-
-
 def tokenizer_mb_per_sec(cfg, data_dir: Path) -> dict:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -173,11 +165,14 @@ def main() -> None:
     memory = {kind: max(r["peak_memory_mb"] for r in results) for kind, results in runs.items()}
 
     peak = matmul_peak_flops()
-    per_token = flops_per_token(cfg, tokens.metrics["tokenizer/vocab_size"])
+    from lm_tasks.models.gpt import GPT
+    from lm_tasks.training.pretrain import model_config_for
+
+    per_token = GPT(model_config_for(cfg, tokens_dir / "tokenizer.json")).flops_per_token()  # as train/tflops
     tokenizer = tokenizer_mb_per_sec(cfg, Path(data.output_dir))
     from decode import tokens_per_second  # benchmarks/decode.py
 
-    from lm_tasks.models.gpt import GPT, GPTConfig
+    from lm_tasks.models.gpt import GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=2048, block_size=144, n_layer=4, n_head=4, n_embd=128)).eval()
     decode = {}

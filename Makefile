@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 		$(PY) -m pip install "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 		|| $(PY) -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev$$(command -v nvidia-smi >/dev/null 2>&1 && echo ,gpu)]"
 	@touch $(STAMP)
 
 ## The lifecycle on the embedded default data (add overrides with ARGS="model.n_layer=2 ...").

@@ -367,13 +367,17 @@ class TaskConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int
+    batch_size: int  # held-out blocks or task examples per forward pass (results do not depend on it)
     max_batches: Optional[int]
     prompts: List[str]
     max_new_tokens: int
     temperature: float
     top_k: Optional[int]
     top_p: Optional[float]
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass

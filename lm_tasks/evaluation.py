@@ -24,7 +24,10 @@ from lm_tasks.tokenizer import load_tokenizer
 
 @torch.no_grad()
 def heldout_loss(model: CausalLM, tokens_dir: str | Path, batch_size: int, max_batches: int | None = None) -> float:
-    """Mean next-token cross-entropy (nats) over the validation blocks."""
+    """Mean next-token cross-entropy (nats) over the validation blocks.
+
+    Per-token losses are summed in float64 and the tokens counted, the last batch partial or
+    not, so the mean is the same at every batch size (to float32 rounding of the logits)."""
     meta = read_meta(tokens_dir)
     blocks = PackedBlocks(Path(tokens_dir) / "validation.bin", model.config.block_size, meta["dtype"])
     loader = DataLoader(blocks, batch_size=batch_size, shuffle=False)
@@ -35,9 +38,8 @@ def heldout_loss(model: CausalLM, tokens_dir: str | Path, batch_size: int, max_b
     for i, (x, y) in enumerate(tqdm(loader, total=min(total, len(loader)), desc="evaluate", leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        _, loss = model(x.to(device), y.to(device))
-        loss_sum += loss.item() * y.numel()
-        count += y.numel()
+        loss_sum += model.token_losses(x.to(device), y.to(device)).double().sum().item()
+        count += int((y != -100).sum())
     return loss_sum / count
 
 

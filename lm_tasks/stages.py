@@ -403,16 +403,18 @@ def _evaluate_part(cfg: LifecycleConfig, part: str, out: Path, tokens: StageResu
     from lm_tasks.evaluation import evaluate_lm
     from lm_tasks.models.io import load_pretrained
     from lm_tasks.tasks.evaluate import evaluate_task
+    from lm_tasks.training.device import compute_device
 
     if part != "lm":
         evaluate_task(cfg, part, Path(tuned[part].output_dir) / "model", out)
         return
-    model = load_pretrained(Path(pretrained.output_dir) / "model")
+    device = compute_device(cfg.trainer.accelerator, cfg.trainer.devices)  # where training ran
+    model = load_pretrained(Path(pretrained.output_dir) / "model", device=device)
     lm, samples = evaluate_lm(model, tokens.output_dir, Path(tokens.output_dir) / "tokenizer.json", cfg.eval, cfg.seed)
     (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     baseline = {k.removeprefix("unigram_"): v for k, v in lm.items() if k.startswith("unigram_")}
     metrics = {k: v for k, v in lm.items() if not k.startswith("unigram_")}
-    write_json(out / "metrics.json", {"task": "lm", "metrics": metrics, "baseline": baseline})
+    write_json(out / "metrics.json", {"task": "lm", "metrics": metrics, "baseline": baseline, "device": str(device)})
 
 
 def report_markdown(report: dict) -> str:

@@ -4,13 +4,15 @@ A family (the GPT, the recurrent models, the n-gram model) subclasses `CausalLM`
 provides:
 
     forward(idx, targets=None) -> (logits (B, T, V), mean cross-entropy or None)
+    token_losses(idx, targets) -> (B, T) cross-entropy per token (a default from forward's logits)
     new_cache()                -> the decoding state generation carries between tokens
                                   (keys/values, recurrent state, or None)
     _next_logits(idx, cache, first) -> (B, V) logits for the token after idx
 
 and, where fine-tuning heads can read it, `hidden_states(idx) -> (B, T, hidden_size)`.
 `generate()` then samples (temperature, top-k, top-p), decodes greedily (temperature 0)
-or runs beam search (num_beams > 1) the same way for every family.
+or runs beam search (num_beams > 1) the same way for every family, on a batch of prompts
+(`decode_each` takes prompts of any lengths).
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ class CausalLM(nn.Module):
         no_decay = [p for p in params if p.dim() < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (nats) of every target token: (B, T), 0 where the target is ignored (-100).
+        Evaluation sums these itself, so its totals do not depend on how tokens are batched."""
+        logits, _ = self(idx)  # (B, T, V)
+        return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+
     def new_cache(self):
         return None
 
@@ -65,12 +73,10 @@ class CausalLM(nn.Module):
                  use_cache: bool = True) -> torch.Tensor:
         """Continue idx (B, T) by up to max_new_tokens; returns (B, T + new).
 
-        temperature 0 is greedy; num_beams > 1 is beam search (one prompt at a time).
+        temperature 0 is greedy; num_beams > 1 is beam search, each row searched on its own.
         Rows that produced eos_id are padded with it; decoding stops when all have.
         """
         if num_beams > 1:
-            if idx.size(0) != 1:
-                raise ValueError("Beam search decodes one prompt at a time (idx of shape (1, T))")
             return self.beam_search(idx, max_new_tokens, num_beams, eos_id)
         was_training = self.training
         self.eval()
@@ -95,46 +101,124 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def beam_search(self, idx: torch.Tensor, max_new_tokens: int, num_beams: int,
                     eos_id: int | None = None, length_penalty: float = 1.0) -> torch.Tensor:
-        """The most probable continuation of idx (1, T) found with num_beams beams.
+        """The most probable continuation of each row of idx (B, T), num_beams beams per row:
+        (B, T + new), rows whose best hypothesis is shorter padded with eos_id."""
+        best = self.best_hypotheses(idx, max_new_tokens, num_beams, eos_id, length_penalty)
+        # Without eos_id every hypothesis has max_new_tokens new tokens, so padding happens only with one.
+        return torch.nn.utils.rnn.pad_sequence(best, batch_first=True, padding_value=0 if eos_id is None else eos_id)
 
-        Hypotheses are ranked by total log-probability / (new tokens ** length_penalty).
+    @torch.inference_mode()
+    def best_hypotheses(self, idx: torch.Tensor, max_new_tokens: int, num_beams: int,
+                        eos_id: int | None = None, length_penalty: float = 1.0) -> list[torch.Tensor]:
+        """Beam search: each row of idx (B, T) with its most probable continuation, unpadded
+        (a search that ends early can keep an open hypothesis that did not reach eos_id).
+
+        Hypotheses are ranked by total log-probability / (new tokens ** length_penalty). The
+        rows are searched side by side but apart: each gets the result it gets alone.
         """
         was_training = self.training
         self.eval()
+        K, T = num_beams, idx.size(1)
         cache = self.new_cache()
-        beams, scores = idx, torch.zeros(1, device=idx.device)  # (n, T), (n,)
-        done: list[tuple[float, torch.Tensor]] = []
+        # The open beams of the prompts still searching, `width` rows per prompt (1 before the
+        # first token, then K; an empty slot has score -inf and is never extended).
+        beams, scores = idx, torch.zeros(idx.size(0), 1, device=idx.device)  # (n * width, T + step), (n, width)
+        searching = list(range(idx.size(0)))  # the prompts in `beams`, in order
+        done: list[list[tuple[float, torch.Tensor]]] = [[] for _ in searching]  # per prompt: (rank, hypothesis)
+        best: list[torch.Tensor | None] = [None] * idx.size(0)
 
         def ranked(score: float, length: int) -> float:
             return score / (length ** length_penalty)
 
+        def close(prompt: int, open_beams: torch.Tensor, open_scores: list[float]) -> None:
+            new_tokens = open_beams.size(1) - T
+            if new_tokens or not done[prompt]:  # the beams still open compete with the finished ones
+                done[prompt] += [(ranked(s, max(new_tokens, 1)), b) for s, b in zip(open_scores, open_beams)
+                                 if s != float("-inf")]
+            best[prompt] = max(done[prompt], key=lambda pair: pair[0])[1]
+
         for step in range(max_new_tokens):
             log_probs = F.log_softmax(self._next_logits(beams, cache, first=step == 0).float(), dim=-1)
-            candidates = (scores.unsqueeze(1) + log_probs).view(-1)  # (n * V,)
-            top_scores, top_ids = candidates.topk(min(2 * num_beams, candidates.numel()))
-            keep_rows, keep_tokens, keep_scores = [], [], []
-            for score, flat in zip(top_scores.tolist(), top_ids.tolist()):
-                row, token = divmod(flat, log_probs.size(-1))
-                if token == eos_id:
-                    done.append((ranked(score, step + 1), torch.cat([beams[row], beams.new_tensor([token])])))
-                else:
-                    keep_rows.append(row), keep_tokens.append(token), keep_scores.append(score)
-                if len(keep_rows) == num_beams:
-                    break
-            if not keep_rows:
+            n, width, V = scores.size(0), scores.size(1), log_probs.size(-1)
+            candidates = (scores.unsqueeze(-1) + log_probs.view(n, width, V)).view(n, width * V)
+            top_scores, top_ids = candidates.topk(min(2 * K, width * V), dim=-1)  # (n, 2K) each
+            rows, tokens, kept_scores, still = [], [], [], []
+            for i, prompt in enumerate(searching):
+                first = i * width  # the prompt's first row in beams
+                keep, ended = _walk_candidates(top_scores[i].tolist(), top_ids[i].tolist(), V, K, eos_id)
+                done[prompt] += [(ranked(score, step + 1), torch.cat([beams[first + beam], beams.new_tensor([eos_id])]))
+                                 for beam, score in ended]
+                if not keep:  # every continuation kept ended: the open beams compete as they are
+                    close(prompt, beams[first:first + width], scores[i].tolist())
+                    continue
+                keep += [(keep[0][0], keep[0][1], float("-inf"))] * (K - len(keep))  # empty slots: K rows each
+                chosen = [first + beam for beam, _, _ in keep]
+                if len(done[prompt]) >= K:  # enough have ended: the grown beams compete with them
+                    grown = torch.cat([beams[chosen], beams.new_tensor([[token] for _, token, _ in keep])], dim=1)
+                    close(prompt, grown, [score for _, _, score in keep])
+                    continue
+                still.append(prompt)
+                rows += chosen
+                tokens += [token for _, token, _ in keep]
+                kept_scores += [score for _, _, score in keep]
+            searching = still
+            if not searching:
                 break
-            rows = torch.tensor(keep_rows, device=idx.device)
+            rows = torch.tensor(rows, device=idx.device)
             if cache is not None:
                 cache.reorder(rows)
-            beams = torch.cat([beams[rows], torch.tensor(keep_tokens, device=idx.device).unsqueeze(1)], dim=1)
-            scores = torch.tensor(keep_scores, device=idx.device)
-            if len(done) >= num_beams:
-                break
-        new_tokens = beams.size(1) - idx.size(1)
-        if new_tokens or not done:  # the beams still open compete with the finished ones
-            done += [(ranked(s, max(new_tokens, 1)), b) for s, b in zip(scores.tolist(), beams)]
+            beams = torch.cat([beams[rows], torch.tensor(tokens, device=idx.device).unsqueeze(1)], dim=1)
+            scores = torch.tensor(kept_scores, device=idx.device).view(len(searching), K)
+        for i, prompt in enumerate(searching):  # max_new_tokens reached (or none asked for)
+            width = scores.size(1)
+            close(prompt, beams[i * width:(i + 1) * width], scores[i].tolist())
         self.train(was_training)
-        return max(done, key=lambda pair: pair[0])[1].unsqueeze(0)
+        return best
+
+    @torch.inference_mode()
+    def decode_each(self, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
+                    num_beams: int = 1, batch_size: int = 32) -> list[list[int]]:
+        """Greedy (num_beams 1) or beam-search continuations of prompts of any lengths.
+
+        Prompts of one length are decoded together, batch_size at a time: no padding, so every
+        position is the one it has alone (the GPT's positions are absolute) and each prompt gets
+        exactly what decoding it alone gives. Returns each prompt's new tokens, up to and
+        including the first eos_id.
+        """
+        by_length: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(i)
+        out: list[list[int]] = [[] for _ in prompts]
+        for length, members in by_length.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=self.device)
+                if num_beams > 1:
+                    rows = [row.tolist() for row in self.best_hypotheses(idx, max_new_tokens, num_beams, eos_id)]
+                else:  # greedy rows end at their first eos_id: what follows is padding
+                    rows = self.generate(idx, max_new_tokens, temperature=0, eos_id=eos_id).tolist()
+                for i, row in zip(chunk, rows):
+                    new = row[length:]
+                    out[i] = new[:new.index(eos_id) + 1] if eos_id in new else new
+        return out
+
+
+def _walk_candidates(scores: list[float], flat_ids: list[int], vocab_size: int, num_beams: int,
+                     eos_id: int | None) -> tuple[list[tuple[int, int, float]], list[tuple[int, float]]]:
+    """One prompt's best candidates, best first (flat id = beam * V + token) -> the beams to keep,
+    (beam, token, score), at most num_beams; and the hypotheses that ended, (beam, score)."""
+    keep, ended = [], []
+    for score, flat in zip(scores, flat_ids):
+        if score == float("-inf"):  # only empty slots from here on
+            break
+        beam, token = divmod(flat, vocab_size)
+        if token == eos_id:
+            ended.append((beam, score))
+        else:
+            keep.append((beam, token, score))
+        if len(keep) == num_beams:
+            break
+    return keep, ended
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from lm_tasks.artifacts import atomic_path
@@ -66,7 +67,7 @@ def read_config(model_dir: str | Path):
     return build_config(family, **values)
 
 
-def load_pretrained(model_dir: str | Path, device: str = "cpu") -> CausalLM:
+def load_pretrained(model_dir: str | Path, device: str | torch.device = "cpu") -> CausalLM:
     model_dir = Path(model_dir)
     missing = [f for f in FILES if not (model_dir / f).is_file()]
     if missing:
@@ -81,7 +82,7 @@ def load_pretrained(model_dir: str | Path, device: str = "cpu") -> CausalLM:
             model = NGramLM(cfg, load_file(str(weights)))
         else:
             model = build_model(cfg)
-            load_model(model, str(weights), device=device)
+            load_model(model, str(weights), device=str(device))  # safetensors takes a name, not a torch.device
     except Exception as err:
         raise RuntimeError(f"Could not load weights from {weights}: {err}") from err
     return model.to(device).eval()

@@ -132,9 +132,12 @@ class NGramLM(CausalLM):
         if targets is None:
             words = torch.arange(self.config.vocab_size, device=idx.device).expand(*idx.shape, -1)
             return self.probabilities(idx, words).log(), None
-        keep = targets != -100
+        return None, self.token_losses(idx, targets)[targets != -100].mean()
+
+    def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log P(target | history) per position (B, T), 0 where the target is ignored (-100)."""
         p = self.probabilities(idx, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-        return None, -(p.log()[keep]).mean()
+        return torch.where(targets != -100, -p.log(), 0.0)
 
     def _next_logits(self, idx: torch.Tensor, cache: None, first: bool) -> torch.Tensor:
         history = idx[:, -max(self.config.order - 1, 1):]

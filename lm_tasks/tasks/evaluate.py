@@ -1,9 +1,10 @@
 """Score a fine-tuned task model on its evaluation split, beside the task's trivial baseline.
 
 Reads the exported task model (`model/` of the fine-tuning stage: backbone, head,
-task.json), rebuilds the task's adapter, predicts every evaluation example and writes
+task.json), rebuilds the task's adapter, predicts every evaluation example on the trainer's
+device (`lm_tasks.training.device`), `eval.batch_size` examples at a time, and writes
     predictions.jsonl     one line per example: input, prediction, reference
-    metrics.json          the task's metrics and the baseline's
+    metrics.json          the task's metrics and the baseline's (and the device they ran on)
     confusion_matrix.png  (classification)
 """
 
@@ -13,16 +14,21 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+from datasets import Dataset
 from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lm_tasks.artifacts import atomic_path, write_json
 from lm_tasks.config import LifecycleConfig
+from lm_tasks.models.base import CausalLM
 from lm_tasks.models.io import load_pretrained
 from lm_tasks.tasks.adapters import build_adapter
+from lm_tasks.tasks.batching import to_device
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
+from lm_tasks.training.device import compute_device
 
 
 def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, out_dir: str | Path,
@@ -34,7 +40,8 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
         raise FileNotFoundError(f"No fine-tuned {task_name} model at {model_dir}; run python -m flows.finetune "
                                 f"task={task_name} first")
     saved = json.loads((model_dir / "task.json").read_text())
-    model = load_pretrained(model_dir)
+    device = compute_device(cfg.trainer.accelerator, cfg.trainer.devices)
+    model = load_pretrained(model_dir, device=device)
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
     dataset, info = load_task_data(task_cfg, cfg.seed, fold)
     evaluated = dataset["held_out" if fold else "validation"]
@@ -44,19 +51,13 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
     head = adapter.build_head(model)
     if list(head.state_dict()):
         load_model(head, str(model_dir / "head.safetensors"))
-    head.eval()
+    head.to(device).eval()
 
     encoded, _ = adapter.encode(evaluated, tokenizer)
-    loader = DataLoader(encoded, batch_size=task_cfg.batch_size, collate_fn=adapter.collate)
-    predictions, references = [], []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate {task_name}", leave=False):
-            predictions += adapter.predict(model, head, batch)
-            references += adapter.references(batch)
-    predictions, references = adapter.finalize(predictions, references)
+    predictions, references = predict_all(adapter, model, head, encoded, cfg.eval.batch_size, desc=task_name)
     result = {"task": task_name, "metrics": adapter.score(predictions, references),
               "baseline": adapter.baseline(dataset["train"], evaluated),
-              "examples": len(predictions), "source": info["source"]}
+              "examples": len(predictions), "source": info["source"], "device": str(model.device)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "predictions.jsonl") as tmp:
@@ -69,6 +70,20 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
                               out_dir / "confusion_matrix.png")
     write_json(out_dir / "metrics.json", result)
     return result
+
+
+@torch.no_grad()
+def predict_all(adapter, model: CausalLM, head: nn.Module, encoded: Dataset, batch_size: int,
+                desc: str = "") -> tuple[list, list]:
+    """The adapter's final predictions and references for every encoded row, batch_size rows at a
+    time on the model's device. The rows of a batch do not interact, so neither do the results
+    and the batch size: the same predictions at every batch size."""
+    loader = DataLoader(encoded, batch_size=batch_size, collate_fn=adapter.collate)
+    predictions, references = [], []
+    for batch in tqdm(loader, desc=f"evaluate {desc}", leave=False):
+        predictions += adapter.predict(model, head, to_device(batch, model.device))
+        references += adapter.references(batch)
+    return adapter.finalize(predictions, references)
 
 
 def plot_confusion_matrix(predicted: list[int], actual: list[int], names: list[str], path: Path) -> None:

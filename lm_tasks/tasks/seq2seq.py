@@ -3,7 +3,8 @@
 Each example becomes one sequence `source <sep> target <eos>`; the model learns to
 continue after the separator, and the loss covers the target tokens (and the final
 end-of-text) only. Predictions come from the model's one generation routine,
-`CausalLM.generate` (greedy, or beam search with `num_beams > 1`).
+`CausalLM.generate` (greedy, or beam search with `num_beams > 1`), a batch of prompts at a
+time (`CausalLM.decode_each`), each prompt's result the one it gets alone.
 
 Length rule: the target keeps at most half of `max_length`; the source is cut from
 its end to fit the rest. Truncated rows are counted and reported.
@@ -62,15 +63,12 @@ class Seq2SeqAdapter:
         return model(batch["idx"], batch["labels"])[1]
 
     def predict(self, model: CausalLM, head: nn.Module, batch: dict) -> list[dict]:
-        device = batch["idx"].device
-        outputs = []
-        for prompt in batch["prompts"]:
-            prompt_ids = prompt[-(model.config.block_size - 1):]
-            ids = model.generate(torch.tensor([prompt_ids], device=device), self.max_new_tokens,
-                                 temperature=0, eos_id=self.eos_id, num_beams=self.num_beams)
-            new = [t for t in ids[0, len(prompt_ids):].tolist() if t not in (self.eos_id, self.pad_id)]
-            outputs.append({"text": self.tokenizer.decode(new).strip()})
-        return outputs
+        """The batch's prompts decoded together (greedy or beam search), each as it decodes alone."""
+        prompts = [prompt[-(model.config.block_size - 1):] for prompt in batch["prompts"]]
+        generated = model.decode_each(prompts, self.max_new_tokens, eos_id=self.eos_id, num_beams=self.num_beams,
+                                      batch_size=len(prompts))
+        return [{"text": self.tokenizer.decode([t for t in new if t not in (self.eos_id, self.pad_id)]).strip()}
+                for new in generated]
 
     def references(self, batch: dict) -> list[str]:
         return batch["references"]

@@ -89,7 +89,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     task_cfg = cfg.finetune[task_name]
     out_dir, pretrained_dir = Path(out_dir), Path(pretrained_dir)
     L.seed_everything(cfg.seed, workers=True)
-    model = load_pretrained(pretrained_dir).train()
+    model = load_pretrained(pretrained_dir).train()  # on the CPU: the Trainer moves it to its device
     if not model.trainable:
         raise ConfigError(f"{pretrained_dir} is a {model.config.family} model, which has no hidden states to "
                           "fine-tune; fine-tune a gpt, rnn, lstm or gru model")
@@ -140,12 +140,13 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level")
         trainer.fit(module, train_loader, val_loader)
 
-    if trainer.is_global_zero:  # one process exports
+    if trainer.is_global_zero:  # one process exports (the Trainer has moved the module back to the CPU)
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         save_task_model(module, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
     return {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
-            "steps": trainer.global_step, "world_size": world, "info": info}
+            "steps": trainer.global_step, "world_size": world, "device": str(trainer.strategy.root_device),
+            "info": info}
 
 
 def save_task_model(module: FinetuneModule, adapter, model_dir: Path, tokenizer_path: Path) -> None:

@@ -15,6 +15,7 @@ from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.embedded import sentiment
 from lm_tasks.tasks.evaluate import evaluate_task
 from lm_tasks.tokenizer import special_token_ids, train_tokenizer
+from lm_tasks.training.device import compute_device
 from lm_tasks.training.finetune import finetune_task
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,9 @@ def test_classification_beats_the_majority_baseline(tmp_path):
     summary = evaluate_task(cfg, "classification", out / "model", tmp_path / "eval")
     assert summary["metrics"]["accuracy"] == pytest.approx(trained["best_val_accuracy"])
     assert summary["baseline"]["accuracy"] < 0.6
+    # Trained and evaluated on the trainer's device (the CPU here; cuda:0 with trainer=gpu on a GPU).
+    device = str(compute_device(cfg.trainer.accelerator, cfg.trainer.devices))
+    assert trained["device"] == summary["device"] == device
     model = load_pretrained(out / "model")
     assert model.config.n_embd == 64
     task = json.loads((out / "model" / "task.json").read_text())

@@ -166,6 +166,10 @@ def test_wide_beam_search_finds_the_most_probable_continuation():
     assert tuple(found) == best
 
 
-def test_beam_search_needs_one_prompt():
-    with pytest.raises(ValueError, match="one prompt at a time"):
-        tiny().generate(torch.zeros(2, 3, dtype=torch.long), 4, num_beams=3)
+def test_beam_search_takes_a_batch_of_prompts_each_searched_alone():
+    model = tiny()
+    prompts = torch.randint(0, VOCAB, (3, 4), generator=torch.Generator().manual_seed(0))
+    out = model.generate(prompts, 6, num_beams=3)
+    assert out.shape == (3, 10)
+    for row, prompt in zip(out, prompts):
+        assert torch.equal(row, model.generate(prompt[None], 6, num_beams=3)[0])

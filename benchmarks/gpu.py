@@ -15,7 +15,7 @@ checkpoints, MLflow) in each configuration:
 and reports tokens/s (all GPUs) and MFU (the `train/mfu` the Throughput callback logs, against
 the device's bf16 peak from Lightning's table, e.g. 989 TFLOP/s for an H100 or H200 SXM),
 the median over the logged windows after the first quarter of the steps. It also asserts that
-the evaluated model sits on the GPU (`eval_device`). Exits with a message on a machine without CUDA.
+the evaluated model sits on the GPU (`compute_device`). Exits with a message on a machine without CUDA.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     from lm_tasks.config import load_config
     from lm_tasks.models.io import load_pretrained
     from lm_tasks.stages import find, run_data, run_evaluate, run_tokenizer
-    from lm_tasks.training.device import eval_device
+    from lm_tasks.training.device import compute_device
 
     out = Path(args.out).resolve()
     base = overrides(out / "root", args.steps, args.micro_batch)
@@ -109,7 +109,7 @@ def main() -> None:
 
     gpu_cfg = load_config(base + CONFIGS["bf16"] + [f"trainer.global_batch_size={args.micro_batch}"])
     pretrained = find(gpu_cfg, "pretrain")
-    model = load_pretrained(Path(pretrained.output_dir) / "model", device=str(eval_device(gpu_cfg.trainer)))
+    model = load_pretrained(Path(pretrained.output_dir) / "model", device=compute_device(gpu_cfg.trainer.accelerator, gpu_cfg.trainer.devices))
     assert model.device.type == "cuda", f"the evaluated model is on {model.device}"
     notes["flash"] = flash_attention_check(model)
     notes["eval_bpb"] = run_evaluate(gpu_cfg, pretrained=pretrained).metrics["eval/lm/bpb"]

@@ -109,7 +109,8 @@ def main() -> None:
 
     gpu_cfg = load_config(base + CONFIGS["bf16"] + [f"trainer.global_batch_size={args.micro_batch}"])
     pretrained = find(gpu_cfg, "pretrain")
-    model = load_pretrained(Path(pretrained.output_dir) / "model", device=compute_device(gpu_cfg.trainer.accelerator, gpu_cfg.trainer.devices))
+    device = compute_device(gpu_cfg.trainer.accelerator, gpu_cfg.trainer.devices)  # where evaluation runs
+    model = load_pretrained(Path(pretrained.output_dir) / "model", device=device)
     assert model.device.type == "cuda", f"the evaluated model is on {model.device}"
     notes["flash"] = flash_attention_check(model)
     notes["eval_bpb"] = run_evaluate(gpu_cfg, pretrained=pretrained).metrics["eval/lm/bpb"]

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Trainer keys that change how a run is logged, fed or launched, never what it learns.
 NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
-              "rdzv_endpoint", "profiler", "peak_tflops"}
+              "rdzv_endpoint", "profiler", "peak_tflops", "executor", "dask_address", "partitions"}
 TRAINING = ("pretrain", "finetune")  # the stages whose runs record system metrics (tracking.system_metrics)
 
 
@@ -105,6 +105,7 @@ def lifecycle_key(cfg: LifecycleConfig) -> str:
     unfinished MLflow run with the same key is continued rather than started anew."""
     where = ("paths", "tracking", "cache", "runner", "search", "resolved_yaml")
     config = {k: v for k, v in asdict(cfg).items() if k not in where}
+    config["data"] = _without(config["data"], NOT_IN_KEY)  # e.g. data.executor follows the runner
     return stage_key("lifecycle", config, ["."], {})
 
 

@@ -34,6 +34,7 @@ from datasets import Dataset, Features, Value
 from lm_tasks.config import CleaningConfig
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.language import detect_language
+from lm_tasks.data.mapping import LocalMap
 from lm_tasks.data.near_dedup import find_near_duplicates
 from lm_tasks.data.pii import scrub_pii
 from lm_tasks.data.quality import first_failed_rule
@@ -170,25 +171,26 @@ def contamination_reason_batch(batch: dict, index: NgramIndex, eval_hashes: np.n
 # --- the steps -----------------------------------------------------------------------
 
 
-def clean_split(ds: Dataset, cfg: CleaningConfig, num_proc: int = 1) -> tuple[Dataset, list[StepReport]]:
+def clean_split(ds: Dataset, cfg: CleaningConfig, mapper=None) -> tuple[Dataset, list[StepReport]]:
     """Every step before the validation split; returns the kept rows and the step reports
-    (up to the step that left no row, if one did)."""
-    procs = num_proc if num_proc > 1 else None
-    ds, reports = row_steps(ds, cfg, procs)
+    (up to the step that left no row, if one did). `mapper` runs the per-row passes
+    (lm_tasks.data.mapping; default: this process)."""
+    mapper = mapper or LocalMap()
+    ds, reports = row_steps(ds, cfg, mapper)
     for step in ([exact_dedup] if cfg.exact_dedup else []) + ([near_dedup] if cfg.near_dedup.enabled else []):
         if not len(ds):
             break
-        ds, report = step(ds, cfg, procs)
+        ds, report = step(ds, cfg, mapper)
         reports.append(report)
     return ds, reports
 
 
-def row_steps(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, list[StepReport]]:
+def row_steps(ds: Dataset, cfg: CleaningConfig, mapper) -> tuple[Dataset, list[StepReport]]:
     """Normalise, length, PII, quality rules, language: one pass, one report per step."""
     thresholds = {k: v for k, v in asdict(cfg.quality).items() if v is not None}
     kwargs = {"unicode_form": cfg.unicode_form, "min_chars": cfg.min_chars, "max_chars": cfg.max_chars,
               "pii": list(cfg.pii), "thresholds": thresholds, "languages": cfg.languages}
-    ds = ds.map(clean_rows_batch, batched=True, num_proc=procs, fn_kwargs=kwargs, desc="clean rows")
+    ds = mapper(ds, clean_rows_batch, fn_kwargs=kwargs, desc="clean rows")
     table = ds.with_format("arrow")[:] if len(ds) else None
 
     def column(name: str) -> np.ndarray:
@@ -230,21 +232,20 @@ def row_steps(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Data
 
 
 def decontaminate(ds: Dataset, index: NgramIndex, eval_hashes: np.ndarray, cfg: CleaningConfig,
-                  num_proc: int = 1) -> tuple[Dataset, StepReport]:
+                  mapper=None) -> tuple[Dataset, StepReport]:
     """Drop rows sharing an n-gram with the evaluation texts in `index`, or equal to one
     (`eval_hashes`: from `eval_text_hashes`; this catches texts too short for n-grams)."""
-    procs = num_proc if num_proc > 1 else None
-    reasons = _reasons(ds, contamination_reason_batch, {"index": index, "eval_hashes": eval_hashes}, procs,
-                       "decontaminate")
+    reasons = _reasons(ds, contamination_reason_batch, {"index": index, "eval_hashes": eval_hashes},
+                       mapper or LocalMap(), "decontaminate")
     ds, report = _drop(ds, "decontamination", reasons, cfg.dropped_samples)
     report.details = {"eval_ngrams": len(index), "ngram": cfg.decontamination.ngram}
     return ds, report
 
 
-def exact_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
+def exact_dedup(ds: Dataset, cfg: CleaningConfig, mapper) -> tuple[Dataset, StepReport]:
     """Keep the first row of every distinct normalised text (128-bit hashes, 16 bytes a row
     in memory; the text stays on disk)."""
-    hashes = ds.map(hash_batch, batched=True, num_proc=procs, remove_columns=ds.column_names, desc="hash",
+    hashes = mapper(ds, hash_batch, fn_kwargs={}, remove_columns=ds.column_names, desc="hash",
                     features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")})).with_format("numpy")
     pairs = np.stack([hashes["_h0"], hashes["_h1"]], axis=1)
     _, first, counts = np.unique(pairs, axis=0, return_index=True, return_counts=True)
@@ -256,11 +257,11 @@ def exact_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Da
     return ds, report
 
 
-def near_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dataset, StepReport]:
+def near_dedup(ds: Dataset, cfg: CleaningConfig, mapper) -> tuple[Dataset, StepReport]:
     """MinHash + LSH: keep the first row of every cluster of near duplicates."""
     n = cfg.near_dedup
     result = find_near_duplicates(ds, num_perm=n.num_perm, shingle_size=n.shingle_size, threshold=n.threshold,
-                                  num_proc=procs)
+                                  mapper=mapper)
     kept_of = {member: cluster[0] for cluster in result.clusters for member in cluster[1:]}
     duplicate = np.zeros(len(ds), dtype=bool)
     duplicate[list(kept_of)] = True
@@ -281,9 +282,9 @@ def near_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Dat
 # --- helpers -------------------------------------------------------------------------
 
 
-def _reasons(ds: Dataset, fn, kwargs: dict, procs: int | None, desc: str):
+def _reasons(ds: Dataset, fn, kwargs: dict, mapper, desc: str):
     """`fn`'s `_reason` per row, computed without copying the other columns."""
-    marked = ds.map(fn, batched=True, num_proc=procs, fn_kwargs=kwargs, remove_columns=ds.column_names, desc=desc)
+    marked = mapper(ds, fn, fn_kwargs=kwargs, remove_columns=ds.column_names, desc=desc)
     return marked.with_format("arrow")["_reason"]
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import xxhash
 from datasets import Dataset, Features, List, Value
 
+from lm_tasks.data.mapping import LocalMap
+
 # 3-word shingles: replacing 5% of the words destroys up to 3 shingles per replaced
 # word, so a copy keeps Jaccard ~0.75 with its original (5-word shingles: ~0.63;
 # measured on planted copies: 0.69 at worst, 0.75 median), while unrelated documents
@@ -249,12 +251,13 @@ def _merge_band(band: np.ndarray, signatures: Dataset, uf: _UnionFind, threshold
 
 def find_near_duplicates(ds: Dataset, num_perm: int = DEFAULT_NUM_PERM, shingle_size: int = DEFAULT_SHINGLE_SIZE,
                          threshold: float = DEFAULT_THRESHOLD, seed: int = 0,
-                         num_proc: int | None = None) -> NearDedupResult:
+                         num_proc: int | None = None, mapper=None) -> NearDedupResult:
     """Cluster the near-duplicates in the `text` column of `ds` (estimated Jaccard >= threshold).
 
     Signatures are written next to `ds`'s own cache files (and reused on a re-run, as
     any `Dataset.map` is), or into a temporary folder for an in-memory dataset.
-    Deterministic for a given seed, whatever `num_proc`.
+    Deterministic for a given seed, whatever `num_proc` or `mapper` (lm_tasks.data.mapping)
+    computes the signatures.
     """
     n = len(ds)
     if n == 0:
@@ -264,8 +267,9 @@ def find_near_duplicates(ds: Dataset, num_perm: int = DEFAULT_NUM_PERM, shingle_
                          **{f"_band_{b}": Value("uint64") for b in range(bands)}})
     with tempfile.TemporaryDirectory(prefix="near_dedup_") as tmp:
         cache_file = None if ds.cache_files else str(Path(tmp) / "signatures.arrow")
-        signatures = ds.map(signature_batch, batched=True, remove_columns=ds.column_names, features=features,
-                            num_proc=num_proc if num_proc and num_proc > 1 else None, cache_file_name=cache_file,
+        mapper = mapper or LocalMap(num_proc or 1)
+        signatures = mapper(ds, signature_batch, remove_columns=ds.column_names, features=features,
+                            cache_file_name=cache_file,
                             fn_kwargs={"num_perm": num_perm, "shingle_size": shingle_size, "seed": seed,
                                        "bands": bands, "rows": rows},
                             desc="minhash").with_format("arrow")

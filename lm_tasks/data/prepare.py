@@ -7,6 +7,10 @@ Output folder (`paths.data_dir`):
 
 The manifest is written last: a folder without one (an interrupted run) is not data.
 
+The per-row passes run in `data.num_proc` processes here, or with `data.executor=dask`
+partitioned over a Dask cluster (lm_tasks/data/mapping.py), local files read one file per
+partition; the output is the same either way.
+
 Every split must keep at least one row: an empty source, or cleaning that removes
 everything, is an error saying which split and which steps, never an empty split.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,6 +30,7 @@ from datasets import Dataset, DatasetDict
 from lm_tasks.config import DataConfig
 from lm_tasks.data.cleaning import StepReport, clean_split, clean_text, decontaminate, eval_text_hashes
 from lm_tasks.data.decontamination import NgramIndex
+from lm_tasks.data.mapping import DaskMap, LocalMap, dask_client
 from lm_tasks.data.report import build_report, write_report
 from lm_tasks.artifacts import write_json
 from lm_tasks.data.shards import MANIFEST, load_shards, shard_manifest
@@ -43,30 +50,49 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
     (out_dir / MANIFEST).unlink(missing_ok=True)  # written last: its presence means the output is whole
     scratch = out_dir / ".scratch"  # Arrow files of the intermediate steps; removed at the end
     try:
-        raw, reads = load_raw(cfg, scratch)
-        cleaned, steps, lengths = {}, {}, {}
-        for split, ds in raw.items():
-            _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg, split)}")
-            lengths[split] = {"read": _text_bytes(ds)}
-            cleaned[split], steps[split] = clean_split(ds, cfg.cleaning, cfg.num_proc)
-            steps[split].insert(0, reads[split])  # records skipped while reading (too long to read)
-            _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
-        if "validation" not in cleaned:
-            cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)
-        if cfg.cleaning.decontamination.enabled:
-            cleaned["train"], report = _decontaminate(cleaned, eval_texts or {}, cfg)
-            steps["train"].append(report)
-            _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
-        for split, ds in cleaned.items():
-            lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
-        manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)
-        report = build_report(cfg.name, steps, manifest)
-        write_report(report, steps, lengths, out_dir)
-        write_json(out_dir / MANIFEST, manifest, sort_keys=False)
+        with row_mapper(cfg, scratch / "partitions") as mapper:
+            manifest, report = _prepare(cfg, out_dir, scratch, seed, eval_texts, mapper)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("data: %s", {k: v["rows"] for k, v in manifest["splits"].items()})
     return report
+
+
+@contextmanager
+def row_mapper(cfg: DataConfig, folder: Path) -> Iterator:
+    """Where the per-row passes run (`data.executor`): here in `data.num_proc` processes, or on
+    a Dask cluster (`data.dask_address`, the cluster this runs on, else a local one)."""
+    if cfg.executor == "local":
+        yield LocalMap(cfg.num_proc)
+        return
+    with dask_client(cfg.dask_address, cfg.num_proc) as client:
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        yield DaskMap(client, cfg.partitions or 2 * workers, folder)
+
+
+def _prepare(cfg: DataConfig, out_dir: Path, scratch: Path, seed: int, eval_texts: dict[str, list[str]] | None,
+             mapper) -> tuple[dict, dict]:
+    raw, reads = load_raw(cfg, scratch, mapper)
+    cleaned, steps, lengths = {}, {}, {}
+    for split, ds in raw.items():
+        _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg, split)}")
+        lengths[split] = {"read": _text_bytes(ds)}
+        cleaned[split], steps[split] = clean_split(ds, cfg.cleaning, mapper)
+        steps[split].insert(0, reads[split])  # records skipped while reading (too long to read)
+        _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
+    if "validation" not in cleaned:
+        cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)
+    if cfg.cleaning.decontamination.enabled:
+        cleaned["train"], report = _decontaminate(cleaned, eval_texts or {}, cfg, mapper)
+        steps["train"].append(report)
+        _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
+    for split, ds in cleaned.items():
+        lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
+    manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)
+    report = build_report(cfg.name, steps, manifest)
+    write_report(report, steps, lengths, out_dir)
+    write_json(out_dir / MANIFEST, manifest, sort_keys=False)
+    return manifest, report
 
 
 def load_prepared(data_dir: str | Path) -> DatasetDict:
@@ -75,7 +101,7 @@ def load_prepared(data_dir: str | Path) -> DatasetDict:
 
 
 def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]],
-                   cfg: DataConfig) -> tuple[Dataset, StepReport]:
+                   cfg: DataConfig, mapper) -> tuple[Dataset, StepReport]:
     validation = cleaned["validation"]
 
     def texts():  # the validation split in batches, then the tasks' evaluation texts
@@ -85,7 +111,7 @@ def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]]
             yield from (clean_text(text, cfg.cleaning) for text in task_texts)
 
     index = NgramIndex(texts(), n=cfg.cleaning.decontamination.ngram)
-    train, report = decontaminate(cleaned["train"], index, eval_text_hashes(texts()), cfg.cleaning, cfg.num_proc)
+    train, report = decontaminate(cleaned["train"], index, eval_text_hashes(texts()), cfg.cleaning, mapper)
     report.details["eval_sets"] = {"validation": len(validation), **{k: len(v) for k, v in eval_texts.items()}}
     return train, report
 

@@ -42,7 +42,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from lm_tasks.config import DataConfig
@@ -50,6 +50,7 @@ from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines
 from lm_tasks.data.cleaning import StepReport
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
+from lm_tasks.data.mapping import DaskMap
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,18 @@ class HubUnreachableError(DataSourceError, ConnectionError):
     """The Hub could not be reached (retried as an I/O error by the flows)."""
 
 
-def load_raw(cfg: DataConfig, scratch_dir: str | Path) -> tuple[DatasetDict, dict[str, StepReport]]:
+def load_raw(cfg: DataConfig, scratch_dir: str | Path, mapper=None) -> tuple[DatasetDict, dict[str, StepReport]]:
     """The raw rows of every split and the "read" step of each; Arrow files are written
-    under `scratch_dir`."""
+    under `scratch_dir`. With a Dask `mapper` (lm_tasks.data.mapping.DaskMap) several local
+    files are read on the workers, one file per partition, and concatenated in order."""
     if cfg.source == "embedded":
         splits = {"train": _generate(_read_embedded, {}, cfg, scratch_dir)}
     elif cfg.source == "hub":
         splits = _load_hub(cfg, scratch_dir)
     else:
-        splits = {"train": _load_files(cfg, cfg.files, "data.files", scratch_dir)}
+        splits = {"train": _load_files(cfg, cfg.files, "data.files", scratch_dir, mapper)}
         if cfg.validation_files:
-            splits["validation"] = _load_files(cfg, cfg.validation_files, "data.validation_files", scratch_dir)
+            splits["validation"] = _load_files(cfg, cfg.validation_files, "data.validation_files", scratch_dir, mapper)
     reads = {split: _drop_oversized(ds, split, cfg) for split, ds in splits.items()}
     return DatasetDict({split: ds for split, (ds, _) in reads.items()}), {split: r for split, (_, r) in reads.items()}
 
@@ -189,7 +191,7 @@ def _read_rows(rows, column: str, source: str, limit: int) -> Iterator[dict]:
 # --- local files ---------------------------------------------------------------------
 
 
-def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str | Path) -> Dataset:
+def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str | Path, mapper=None) -> Dataset:
     files = expand_files(patterns, key)
     unknown = sorted({Path(f).suffix.lower() for f in files} - set(READERS))
     if unknown:
@@ -197,6 +199,10 @@ def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str
                               f"{list(READERS)}")
     kwargs = {"files": files, "column": cfg.text_column, "sample_by": cfg.txt_sample_by,
               "limit": cfg.max_record_bytes}
+    # max_rows / max_bytes cut the files read in order: only a whole read can be spread
+    if isinstance(mapper, DaskMap) and len(files) > 1 and cfg.max_rows is None and cfg.max_bytes is None:
+        calls = [(_read_files, {**kwargs, "files": [file]}, cfg, scratch_dir) for file in files]
+        return concatenate_datasets(mapper.each(_generate, calls))
     return _generate(_read_files, kwargs, cfg, scratch_dir)
 
 

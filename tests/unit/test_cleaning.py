@@ -10,6 +10,7 @@ import unicodedata
 
 from lm_tasks.data.cleaning import clean_split, clean_text, decontaminate, eval_text_hashes, normalize_text
 from lm_tasks.data.decontamination import NgramIndex
+from lm_tasks.data.mapping import LocalMap
 from tests.text_samples import paragraphs
 
 def rows(texts: list[str]) -> Dataset:
@@ -123,8 +124,8 @@ def test_each_rule_counts_the_bytes_it_drops():
 
 def test_two_processes_clean_like_one():
     texts = paragraphs(200) + paragraphs(50)  # the second batch repeats the first 50
-    one, one_reports = clean_split(rows(texts), cleaning(), num_proc=1)
-    two, two_reports = clean_split(rows(texts), cleaning(), num_proc=2)
+    one, one_reports = clean_split(rows(texts), cleaning(), LocalMap(1))
+    two, two_reports = clean_split(rows(texts), cleaning(), LocalMap(2))
     assert list(one["text"]) == list(two["text"]) and len(one) == 200
     assert [r.to_dict() for r in one_reports] == [r.to_dict() for r in two_reports]
     assert one_reports[-2].dropped == {"duplicate": 50}

@@ -211,6 +211,11 @@ class GPT(CausalLM):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> the final normalised hidden states (B, T, C) that heads read."""
+        # `forward` calls `_hidden_states`, not this: FSDP wraps this method as a second forward
+        # (lm_tasks/training/fsdp.py), and its hooks must not run twice inside one forward.
+        return self._hidden_states(idx, cache)
+
+    def _hidden_states(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -231,7 +236,7 @@ class GPT(CausalLM):
 
         With a cache, idx continues the cached tokens (positions start after them).
         """
-        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
+        logits = self.lm_head(self._hidden_states(idx, cache))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

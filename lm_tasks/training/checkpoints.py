@@ -79,6 +79,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         ) from err
 
 
+def submodule_state(state_dict: dict, name: str) -> dict:
+    """One submodule's entries of a LightningModule's state dict ("model.wte.weight" -> "wte.weight")."""
+    prefix = name + "."
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def _refused(err: pickle.UnpicklingError) -> str:
     """What the weights-only unpickler refused ('Unsupported global: GLOBAL posix.system was not an
     allowed global by default'), without torch's advice to load or allow it anyway."""

@@ -54,14 +54,9 @@ def batch_plan(t: TrainerConfig, world: int | None = None) -> BatchPlan:
 
 
 def strategy(t: TrainerConfig):
-    """The Lightning strategy: its name, or for FSDP a strategy that shards each Transformer block."""
+    """The Lightning strategy: its name, or for FSDP one that shards each Transformer block (FSDP2)."""
     if t.strategy != "fsdp":
         return t.strategy
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lm_tasks.training.fsdp import FSDP2Strategy  # Lightning is imported by training processes only
 
-    from lm_tasks.models.gpt import Block
-
-    # Wrapping policy: one FSDP unit per Transformer block (its parameters are gathered
-    # for that block's forward and backward only); embeddings and head stay in the root unit.
-    return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=t.fsdp_sharding,
-                        activation_checkpointing_policy={Block} if t.activation_checkpointing else None)
+    return FSDP2Strategy(t)

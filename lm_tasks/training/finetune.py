@@ -37,7 +37,8 @@ from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
 from lm_tasks.training.callbacks import Throughput, profiler
-from lm_tasks.training.checkpoints import sigterm_between_steps
+from lm_tasks.training.checkpoints import load_checkpoint, sigterm_between_steps
+from lm_tasks.training.distributed import strategy
 from lm_tasks.training.optim import build_optimizer
 from lm_tasks.training.pruning import pruning_callbacks
 
@@ -53,6 +54,11 @@ class FinetuneModule(L.LightningModule):
         self.head = adapter.build_head(model)
         self._predictions: list = []
         self._references: list = []
+
+    def configure_model(self) -> None:
+        from lm_tasks.training.fsdp import shard_for
+
+        shard_for(self, self.model, self.head)  # trainer.strategy=fsdp: the blocks, the rest, the head
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.adapter.loss(self.model, self.head, batch)
@@ -114,7 +120,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     stopper = EarlyStopping(monitor=monitor, mode=task_cfg.monitor_mode, patience=task_cfg.patience)
     t = cfg.trainer
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy(t), num_nodes=t.num_nodes,
         precision=t.precision, max_steps=task_cfg.max_steps, val_check_interval=task_cfg.val_check_interval,
         max_time={"minutes": task_cfg.max_minutes} if task_cfg.max_minutes else None,
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
@@ -140,10 +146,10 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level")
         trainer.fit(module, train_loader, val_loader)
 
-    if trainer.is_global_zero:  # one process exports (the Trainer has moved the module back to the CPU)
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        save_task_model(module, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
+    if trainer.is_global_zero:  # one process exports, from a fresh (unsharded) copy of the module
+        best = FinetuneModule(load_pretrained(pretrained_dir), adapter, task_cfg)
+        best.load_state_dict(load_checkpoint(checkpoint.best_model_path)["state_dict"])
+        save_task_model(best, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
     return {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
             "steps": trainer.global_step, "world_size": world, "device": str(trainer.strategy.root_device),
             "info": info}

@@ -30,6 +30,11 @@ class CausalLMModule(L.LightningModule):
         self.bytes_per_token = bytes_per_token
         self.val_loss = MeanMetric()
 
+    def configure_model(self) -> None:
+        from lm_tasks.training.fsdp import shard_for
+
+        shard_for(self, self.model)  # trainer.strategy=fsdp: one FSDP unit per Transformer block
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         _, loss = self.model(x, y)

@@ -21,10 +21,10 @@ from lightning.pytorch.loggers import Logger
 
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.datamodule import PackedDataModule
-from lm_tasks.models.io import build_config, save_pretrained
+from lm_tasks.models.io import build_config, build_model, save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
 from lm_tasks.training.callbacks import Throughput, profiler
-from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps
+from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps, submodule_state
 from lm_tasks.training.distributed import batch_plan, strategy
 from lm_tasks.training.module import CausalLMModule
 from lm_tasks.training.pruning import pruning_callbacks
@@ -96,9 +96,10 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
 
     best_path = checkpoint.best_model_path or checkpoint.last_model_path
     model_dir = out_dir / "model"
-    if trainer.is_global_zero:  # one process exports
-        module.load_state_dict(load_checkpoint(best_path)["state_dict"])
-        save_pretrained(module.model, model_dir, tokenizer_path)
+    if trainer.is_global_zero:  # one process exports, from a fresh (unsharded) model
+        best = build_model(model_config)
+        best.load_state_dict(submodule_state(load_checkpoint(best_path)["state_dict"], "model"))
+        save_pretrained(best, model_dir, tokenizer_path)
     return {
         "best_checkpoint": str(Path(best_path).relative_to(out_dir)),
         "model_dir": str(model_dir),

@@ -96,7 +96,8 @@ def pretrain_key(cfg: LifecycleConfig, tokens: StageResult) -> str:
 
 
 def finetune_key(cfg: LifecycleConfig, task: str, model_digest: str) -> str:
-    return stage_key(f"finetune:{task}", _task_config(cfg, task), ["models", "training", "tasks", "metrics"],
+    return stage_key(f"finetune:{task}", _task_config(cfg, task),
+                     ["models", "training", "tasks", "metrics", "data/datamodule.py"],  # its sampler
                      {"model": model_digest, **_task_files(cfg, task)})
 
 
@@ -236,6 +237,8 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
 
 def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None = None,
                  parent_run_id: str | None = None) -> StageResult:
+    """Fine-tune; as pretraining, a run interrupted earlier resumes from its last checkpoint and
+    continues its MLflow run. Cross-validation folds are not resumed: they start over."""
     model_dir, model_digest = pretrained_model(cfg, pretrained)
 
     def compute(out: Path) -> tuple[str, dict]:
@@ -255,7 +258,7 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
 
     tags = {"task": task, "input.model_digest": model_digest}
     return _run_stage(cfg, f"finetune:{task}", finetune_key(cfg, task, model_digest), tags, compute,
-                      parent_run_id)
+                      parent_run_id, resume=True)
 
 
 def _cross_validate(cfg: LifecycleConfig, task: str, model_dir: Path, out: Path) -> dict:

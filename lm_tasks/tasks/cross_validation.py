@@ -29,6 +29,9 @@ def cross_validate(cfg: LifecycleConfig, task: str, pretrained_dir: str | Path, 
     (on as many devices as the final one) and scored in `work_dir`, removed afterwards."""
     k = cfg.finetune[task].cv_folds
     scores = []
+    # The folds of an interrupted attempt start over: their scores were not kept, and a fold's
+    # checkpoint left here would otherwise be resumed.
+    shutil.rmtree(work_dir, ignore_errors=True)
     try:
         for i in range(k):
             fold_dir = work_dir / f"fold{i}"

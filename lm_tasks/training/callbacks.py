@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,27 @@ def profiler(name: str | None, out_dir: Path):
     kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
     return kinds[name](dirpath=str(out_dir / "profile"), filename="profile")
 
+
+class ResumableEarlyStopping(EarlyStopping):
+    """EarlyStopping whose decision to stop survives a resume. The checkpoint written after
+    the validation that stopped training (by patience, or the time budget) would otherwise
+    resume into more training: Lightning does not keep `trainer.should_stop`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stopped = False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.stopped = trainer.should_stop
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.stopped:  # restored from a checkpoint of a run that had finished training
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stopped": self.stopped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.stopped = bool(state_dict.get("stopped", False))

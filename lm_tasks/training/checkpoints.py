@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lm_tasks.artifacts import replace
@@ -57,6 +58,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location)
 
 
+class LastCheckpoint(Checkpoint):
+    """`last.ckpt` every `every_n_steps` optimizer steps, for a crashed run to resume from.
+
+    A step that a validation follows (every `val_every_n_steps`) is saved after that
+    validation, once the best-checkpoint and early-stopping callbacks have taken its score
+    (Lightning runs checkpoint callbacks last, in their order): Lightning resumes such a
+    checkpoint after the validation. Saved before it, the resumed run would skip the
+    validation, which Lightning then counts as done, and early stopping would drift.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int, val_every_n_steps: int):
+        self.path, self.every, self.val_every = Path(path), every_n_steps, val_every_n_steps
+        self._due_after_validation = False
+        self._last_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step  # restored on resume
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % self.every:  # no optimizer step yet (accumulating), or not due
+            return
+        self._last_step = step
+        # A validation runs after this step at its interval, or when training is about to stop.
+        if trainer.enable_validation and (step % self.val_every == 0 or trainer.should_stop):
+            self._due_after_validation = True
+        else:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._due_after_validation and not trainer.sanity_checking:
+            self._due_after_validation = False
+            trainer.save_checkpoint(self.path)
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """Load a Lightning checkpoint as tensors and plain values only, or raise a CheckpointError
     that names the file (a truncated file, or one holding other objects, which are never built)."""
@@ -70,12 +106,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             f"Checkpoint {path} holds objects other than tensors and plain values ({_refused(err)}); it was "
             "not loaded, since building them could run code. It may have been planted in the cache store, "
             "or written by an lm-tasks version from before checkpoints held only plain values. Delete it, or "
-            "pass cache.refresh=pretrain to restart this stage from scratch."
+            "pass cache.refresh=pretrain (cache.refresh=finetune for a fine-tuning) to restart this stage from "
+            "scratch."
         ) from None  # torch's message suggests weights_only=False, which must not be followed here
     except Exception as err:
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}). Delete it to "
-            "restart this stage from scratch, or pass cache.refresh=pretrain."
+            "restart this stage from scratch, or pass cache.refresh=pretrain (cache.refresh=finetune for a "
+            "fine-tuning)."
         ) from err
 
 

@@ -6,11 +6,14 @@ evaluate stage (`lm_tasks.tasks.evaluate`) then scores the exported model.
 
 Output folder (`paths.finetune_dir/<task>`):
     checkpoints/best.ckpt   the best checkpoint by the monitored validation metric
+    checkpoints/last.ckpt   every trainer.checkpoint_every_n_steps: model, head, optimizer, scheduler,
+                            loop counters, early-stopping and best-checkpoint state, RNG state;
+                            a run finding it resumes from it (the data order continues at that step)
     model/                  backbone (exported format) + head.safetensors + task.json
 
 On several devices (`trainer.devices`, `trainer.num_nodes`, launched by
 `lm_tasks.training.launch`) `batch_size` stays the global batch: each rank takes its
-share of one seeded order, so a step sees the same examples as on one device. Every
+share of one seeded order (`ResumableSampler`), so a step sees the same examples as on one device. Every
 rank validates on the whole validation set, so early stopping agrees everywhere and
 the generation metrics are exact.
 """
@@ -25,19 +28,21 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn as nn
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from safetensors.torch import save_model
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lm_tasks.artifacts import atomic_path
 from lm_tasks.config import ConfigError, LifecycleConfig, TaskConfig
+from lm_tasks.data.datamodule import ResumableSampler
 from lm_tasks.models.io import load_pretrained, save_pretrained
 from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
-from lm_tasks.training.callbacks import Throughput, profiler
-from lm_tasks.training.checkpoints import load_checkpoint, sigterm_between_steps
+from lm_tasks.training.callbacks import ResumableEarlyStopping, Throughput, profiler
+from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, load_checkpoint, rng_state,
+                                           set_rng_state, sigterm_between_steps)
 from lm_tasks.training.distributed import strategy
 from lm_tasks.training.optim import build_optimizer
 from lm_tasks.training.pruning import pruning_callbacks
@@ -80,12 +85,47 @@ class FinetuneModule(L.LightningModule):
                 self.log(f"val/{name}", float(value), prog_bar=name == self.task_cfg.monitor)
         self._predictions, self._references = [], []
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = rng_state()  # a resumed run draws the same dropout masks
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
+
     def configure_optimizers(self):
         groups = self.model.optimizer_groups(self.task_cfg.weight_decay)
         groups.append({"params": list(self.head.parameters()), "weight_decay": 0.0})
         optimizer, scheduler = build_optimizer(groups, self.task_cfg.optim(), self.task_cfg.max_steps,
                                                on_cuda=self.device.type == "cuda")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskDataModule(L.LightningDataModule):
+    """The encoded task splits. Training batches come from one seeded order over as many epochs
+    as `max_steps` needs; Lightning asks for the loader after restoring a checkpoint, so a
+    resumed run starts the order at its restored step and sees the uninterrupted run's batches."""
+
+    def __init__(self, train, validation, batch_size: int, collate, seed: int, max_steps: int):
+        super().__init__()
+        self.train, self.validation, self.collate = train, validation, collate
+        self.batch_size, self.seed, self.max_steps = batch_size, seed, max_steps
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        per_rank = self.batch_size // trainer.world_size
+        sampler = ResumableSampler(len(self.train), total=self.max_steps * per_rank, seed=self.seed,
+                                   start=trainer.global_step * per_rank, rank=trainer.global_rank,
+                                   world_size=trainer.world_size)
+        return self._loader(self.train, per_rank, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.validation, self.batch_size)  # every rank the whole set
+
+    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
+        # Its own generator: starting a loader would otherwise draw from the global RNG, which
+        # the resumed run restores from the checkpoint and must then draw from as the uninterrupted one.
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate, generator=torch.Generator(),
+                          **kwargs)
 
 
 def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Path, out_dir: str | Path,
@@ -117,34 +157,41 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     monitor = f"val/{task_cfg.monitor}"
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor,
                                  mode=task_cfg.monitor_mode, save_top_k=1, enable_version_counter=False)
-    stopper = EarlyStopping(monitor=monitor, mode=task_cfg.monitor_mode, patience=task_cfg.patience)
+    stopper = ResumableEarlyStopping(monitor=monitor, mode=task_cfg.monitor_mode, patience=task_cfg.patience)
     t = cfg.trainer
+    resume_from = out_dir / "checkpoints" / "last.ckpt"
+    last = LastCheckpoint(resume_from, t.checkpoint_every_n_steps, task_cfg.val_check_interval)
+    if resume_from.is_file():
+        step = load_checkpoint(resume_from)["global_step"]  # fails here, naming the file, if corrupt
+        log.info("finetune %s: resuming from %s (step %d of %d)", task_name, resume_from, step, task_cfg.max_steps)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=strategy(t), num_nodes=t.num_nodes,
         precision=t.precision, max_steps=task_cfg.max_steps, val_check_interval=task_cfg.val_check_interval,
         max_time={"minutes": task_cfg.max_minutes} if task_cfg.max_minutes else None,
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val, logger=logger,
-        callbacks=[checkpoint, stopper,
+        callbacks=[checkpoint, last, stopper,
                    Throughput(t.log_every_n_steps, line_every=max(1, task_cfg.max_steps // 10),
                               flops_per_token=model.flops_per_token(), peak_tflops=t.peak_tflops),
                    *pruning_callbacks(cfg, "finetune", task_name)],  # on a search trial only
         profiler=profiler(t.profiler, out_dir),
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(out_dir), use_distributed_sampler=False,  # sharded below, validation whole
+        default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the sampler shards and resumes itself; validation is whole
     )
-    world, rank = trainer.world_size, trainer.global_rank
+    world = trainer.world_size
     if task_cfg.batch_size % world:
         raise ConfigError(f"finetune.{task_name}.batch_size={task_cfg.batch_size} (the global batch) is not "
                           f"divisible by the {world} training processes")
-    sampler = DistributedSampler(encoded["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    train_loader = DataLoader(encoded["train"], batch_size=task_cfg.batch_size // world, sampler=sampler,
-                              collate_fn=adapter.collate)
-    val_loader = DataLoader(encoded["validation"], batch_size=task_cfg.batch_size, collate_fn=adapter.collate)
+    data = TaskDataModule(encoded["train"], encoded["validation"], task_cfg.batch_size, adapter.collate, cfg.seed,
+                          task_cfg.max_steps)
     with warnings.catch_warnings(), sigterm_between_steps():
         # Lightning asks for sync_dist on validation metrics; every rank already scores the whole set.
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level")
-        trainer.fit(module, train_loader, val_loader)
+        # Lightning warns that a mid-epoch resume may repeat data; ResumableSampler does not.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from if resume_from.is_file() else None,
+                    weights_only=True)  # never unpickle objects from a checkpoint the store may hold
 
     if trainer.is_global_zero:  # one process exports, from a fresh (unsharded) copy of the module
         best = FinetuneModule(load_pretrained(pretrained_dir), adapter, task_cfg)

@@ -24,7 +24,8 @@ from lm_tasks.data.datamodule import PackedDataModule
 from lm_tasks.models.io import build_config, build_model, save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
 from lm_tasks.training.callbacks import Throughput, profiler
-from lm_tasks.training.checkpoints import AtomicCheckpointIO, load_checkpoint, sigterm_between_steps, submodule_state
+from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, load_checkpoint,
+                                           sigterm_between_steps, submodule_state)
 from lm_tasks.training.distributed import batch_plan, strategy
 from lm_tasks.training.module import CausalLMModule
 from lm_tasks.training.pruning import pruning_callbacks
@@ -66,9 +67,8 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
 
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss",
                                  mode="min", save_top_k=1, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
-                           every_n_train_steps=t.checkpoint_every_n_steps, enable_version_counter=False)
     resume_from = out_dir / "checkpoints" / "last.ckpt"
+    last = LastCheckpoint(resume_from, t.checkpoint_every_n_steps, t.val_check_interval)
     if resume_from.is_file():
         step = load_checkpoint(resume_from)["global_step"]  # fails here, naming the file, if corrupt
         log.info("pretrain: resuming from %s (step %d of %d)", resume_from, step, t.max_steps)

@@ -21,7 +21,7 @@ from lm_tasks.training.finetune import finetune_task
 pytestmark = pytest.mark.slow
 
 
-def small_pretrained_model(tmp_path: Path, cfg) -> Path:
+def small_pretrained_model(tmp_path: Path, cfg, dropout: float = 0.0) -> Path:
     """A randomly initialised small GPT with a tokenizer trained on the task texts."""
     texts = Dataset.from_dict({"text": list(sentiment(n_train=500, n_validation=1)["train"]["text"])})
     tok_path = tmp_path / "tok" / "tokenizer.json"
@@ -29,7 +29,7 @@ def small_pretrained_model(tmp_path: Path, cfg) -> Path:
     ids = special_token_ids(tokenizer, cfg.tokenizer)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=ids.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=64,
-                          eos_id=ids.eos_id, pad_id=ids.pad_id))
+                          dropout=dropout, eos_id=ids.eos_id, pad_id=ids.pad_id))
     return save_pretrained(model, tmp_path / "pretrained", tok_path)
 
 

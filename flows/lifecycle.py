@@ -8,7 +8,7 @@
 data -> tokenizer -> pretrain -> finetune (one run per selected task) -> evaluate -> promotion.
 Stages pass paths and content digests (StageResult), never datasets or models; each is
 looked up in the stage cache first. Started again after a crash, the lifecycle continues
-its MLflow run and resumes pretraining from the last checkpoint.
+its MLflow run and resumes pretraining and fine-tuning from their last checkpoints.
 """
 
 from __future__ import annotations

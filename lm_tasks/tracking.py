@@ -192,7 +192,7 @@ def search_tags(cfg: LifecycleConfig) -> dict:
 def unfinished_lifecycle(cfg: LifecycleConfig, key: str) -> str | None:
     """The newest lifecycle run with this key that did not finish (FAILED, KILLED, or left
     RUNNING by a killed process), to be continued. Its unfinished stage runs are marked
-    KILLED; the stage that resumes (pretraining) reopens its own."""
+    KILLED; the stages that resume (pretraining, fine-tuning) reopen their own."""
     experiment_id = configure(cfg.tracking)
     client = MlflowClient()
     runs = client.search_runs([experiment_id], f"tags.lifecycle_key = '{key}'",

@@ -17,9 +17,11 @@ the stage cache and the tracking stay in the one process that launched the worke
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 
 REQUEST, SUMMARY, JOIN = "launch_request.json", "train_summary.json", "join.sh"
 DEFAULT_RDZV_PORT = 29400
+PR_SET_PDEATHSIG = 1  # prctl(2)
+# Loaded here, not in die_with_parent: that runs between fork and exec, where importing or
+# loading a library could deadlock on a lock another thread of the flow held at the fork.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 TRACKING_URI_ENV = "LM_TASKS_TRACKING_URI"  # the unredacted URI, from the launching process to its workers
 
 
@@ -61,11 +67,24 @@ def run_training(cfg: LifecycleConfig, job: str, inputs: dict, out_dir: Path, tr
                     "credentials in its environment: %s, or MLflow's MLFLOW_TRACKING_* variables)", job,
                     cfg.trainer.num_nodes - 1, rendezvous_endpoint(cfg.trainer), join, TRACKING_URI_ENV)
     log.info("%s: %d processes: %s", job, world_size(cfg.trainer), shlex.join(command))
-    result = subprocess.run(command, env={**os.environ, TRACKING_URI_ENV: tracking_uri})
+    result = subprocess.run(command, env={**os.environ, TRACKING_URI_ENV: tracking_uri}, preexec_fn=die_with_parent)
     if result.returncode != 0:
         raise RuntimeError(f"Distributed {job} failed (exit {result.returncode}); its log is above. "
                            f"Command: {shlex.join(command)}")
     return read_json(out_dir / SUMMARY)
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the one that started it dies, however it dies
+    (Linux; elsewhere a no-op). A killed flow's training processes would otherwise go on
+    writing into the stage folder that its re-run resumes from. Set in the launcher (torchrun,
+    srun) before it starts and in every worker, whose parent is the launcher."""
+    if _prctl is None:
+        return
+    parent = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def write_request(out_dir: Path, job: str, cfg: LifecycleConfig, inputs: dict, tracking_uri: str,
@@ -143,6 +162,7 @@ def global_rank() -> int:
 
 
 def main(request_path: str) -> None:
+    die_with_parent()
     request = read_json(request_path)
     cfg = config_from_dict(request["config"])
     rank_zero = global_rank() == 0

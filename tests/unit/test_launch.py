@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +63,35 @@ def test_a_flow_already_running_as_one_rank_trains_in_process(monkeypatch):
 def test_unknown_launcher_names_the_choices():
     with pytest.raises(ConfigError, match="trainer.launcher.*torchrun"):
         trainer("launcher=mpirun")
+
+
+def test_a_training_process_dies_with_the_process_that_started_it(tmp_path):
+    """A flow killed by SIGKILL takes its launcher and workers with it (they would otherwise go
+    on writing into the folder its re-run resumes from)."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        from lm_tasks.training.launch import die_with_parent
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=die_with_parent)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """)], cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

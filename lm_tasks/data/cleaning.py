@@ -245,8 +245,8 @@ def exact_dedup(ds: Dataset, cfg: CleaningConfig, procs: int | None) -> tuple[Da
     """Keep the first row of every distinct normalised text (128-bit hashes, 16 bytes a row
     in memory; the text stays on disk)."""
     hashes = ds.map(hash_batch, batched=True, num_proc=procs, remove_columns=ds.column_names, desc="hash",
-                    features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")})).with_format("numpy")
-    pairs = np.stack([hashes["_h0"], hashes["_h1"]], axis=1)
+                    features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")}))
+    pairs = np.stack([column_values(hashes, "_h0"), column_values(hashes, "_h1")], axis=1)
     _, first, counts = np.unique(pairs, axis=0, return_index=True, return_counts=True)
     duplicate = np.ones(len(ds), dtype=bool)
     duplicate[first] = False
@@ -312,6 +312,12 @@ def _by_reason(ds: Dataset, reasons, samples: int,
             examples.append({"reason": reason, "source": row["source"], "row": row["row"],
                              "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
     return dropped, dropped_bytes, examples
+
+
+def column_values(ds: Dataset, name: str) -> np.ndarray:
+    """A numeric column as one numpy array, read through Arrow (the numpy format would
+    convert it row by row)."""
+    return ds.with_format("arrow")[name].to_numpy()
 
 
 def _bytes(ds: Dataset) -> int:

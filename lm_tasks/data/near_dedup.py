@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import xxhash
 from datasets import Dataset, Features, List, Value
 
@@ -46,6 +47,7 @@ _MERSENNE_61 = np.uint64((1 << 61) - 1)
 _LOW_31 = np.uint64((1 << 31) - 1)
 _LOW_30 = np.uint64((1 << 30) - 1)
 _PUNCTUATION = re.compile(r"[^\w\s]")
+_ROWS_AT_ONCE = 1024  # shingles permuted at once: 1024 x 128 x 8 bytes = 1 MiB per work array
 _PAIR_CHUNK = 65_536  # signature pairs compared at once (2 x 64k x 128 x 8 bytes = 128 MiB)
 
 
@@ -132,38 +134,86 @@ def _permuted(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     a * x needs up to 122 bits, so both are split into 31 + 30 bits:
     a*x = a1*x1*2^62 + (a1*x0 + a0*x1)*2^31 + a0*x0, and the powers of two fold back
-    with 2^61 = 1 (so 2^62 = 2). Every partial sum stays below 2^64.
+    with 2^61 = 1 (so 2^62 = 2). Every partial sum stays below 2^64. The operations
+    run in place on three buffers: each is one pass over memory, without allocating.
     """
     x = x[:, None]
     a0, a1 = a & _LOW_31, a >> np.uint64(31)
     x0, x1 = x & _LOW_31, x >> np.uint64(31)
-    middle = a1 * x0 + a0 * x1  # < 2^62; middle * 2^31 = (middle >> 30) * 2^61 + (middle & (2^30 - 1)) * 2^31
-    total = ((a1 * x1) << np.uint64(1)) + (middle >> np.uint64(30)) + ((middle & _LOW_30) << np.uint64(31)) \
-        + a0 * x0 + b
-    return _mod_mersenne(total)
+    total = a1 * x1
+    total <<= np.uint64(1)
+    middle = a1 * x0  # + a0 * x1 < 2^62; middle * 2^31 = (middle >> 30) * 2^61 + (middle & (2^30 - 1)) * 2^31
+    part = a0 * x1
+    middle += part
+    np.right_shift(middle, np.uint64(30), out=part)
+    total += part
+    middle &= _LOW_30
+    middle <<= np.uint64(31)
+    total += middle
+    np.multiply(a0, x0, out=part)
+    total += part
+    total += b
+    np.right_shift(total, np.uint64(61), out=part)  # total mod p, as in _mod_mersenne
+    total &= _MERSENNE_61
+    total += part
+    np.subtract(total, _MERSENNE_61, out=part)
+    return np.minimum(total, part, out=total)
+
+
+def shingle_hashes(text: str | None, shingle_size: int) -> np.ndarray:
+    """The 64-bit xxhash of every distinct shingle of `text` (in no particular order)."""
+    words = normalized_words(text)
+    if len(words) < shingle_size:
+        grams = {" ".join(words)}
+    else:  # the joins and the set run in C: `shingles` without its Python loop
+        grams = set(map(" ".join, zip(*(words[i:] for i in range(shingle_size)))))
+    return np.fromiter(map(_xxh64_text, grams), dtype=np.uint64, count=len(grams))
+
+
+def _xxh64_text(text: str) -> int:
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
 
 
 def minhash(text: str | None, num_perm: int, shingle_size: int, seed: int) -> np.ndarray:
     """The MinHash signature of one text: `num_perm` uint64 values below 2^61."""
-    hashes = np.fromiter((xxhash.xxh64_intdigest(s.encode("utf-8")) for s in set(shingles(text, shingle_size))),
-                         dtype=np.uint64)
+    return signatures([shingle_hashes(text, shingle_size)], num_perm, seed)[0]
+
+
+def signatures(hashes: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """The MinHash signatures (one row each) of documents given by their shingle hashes.
+
+    All documents' hashes are permuted together, `_ROWS_AT_ONCE` shingles at a time (so
+    the work arrays stay in the CPU cache and the Python overhead is paid per chunk, not
+    per document), and `minimum.reduceat` takes each document's minimum within a chunk.
+    """
     a, b = _permutations(num_perm, seed)
-    return _permuted(_mod_mersenne(hashes), a, b).min(axis=0)
+    bounds = np.cumsum([0] + [len(h) for h in hashes])  # document i: rows bounds[i]:bounds[i + 1], never empty
+    x = _mod_mersenne(np.concatenate(hashes)) if hashes else np.zeros(0, dtype=np.uint64)
+    out = np.full((len(hashes), num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    for start in range(0, len(x), _ROWS_AT_ONCE):
+        stop = min(start + _ROWS_AT_ONCE, len(x))
+        first, last = np.searchsorted(bounds, [start, stop - 1], side="right") - 1  # documents in the chunk
+        segments = np.maximum(bounds[first:last + 1], start) - start
+        part = np.minimum.reduceat(_permuted(x[start:stop], a, b), segments, axis=0)
+        np.minimum(out[first:last + 1], part, out=out[first:last + 1])  # a document may span chunks
+    return out
 
 
 def minhash_batch(batch: dict, num_perm: int, shingle_size: int, seed: int) -> dict:
     """Batched `Dataset.map` function: `{"_minhash": [uint64 array of num_perm values per text]}`."""
-    return {"_minhash": [minhash(t, num_perm, shingle_size, seed) for t in batch["text"]]}
+    return {"_minhash": list(signatures([shingle_hashes(t, shingle_size) for t in batch["text"]], num_perm, seed))}
 
 
-def signature_batch(batch: dict, num_perm: int, shingle_size: int, seed: int, bands: int, rows: int) -> dict:
-    """`minhash_batch` plus one column per LSH band holding the xxhash of that band's values."""
-    out = minhash_batch(batch, num_perm, shingle_size, seed)
+def signature_batch(batch: dict, num_perm: int, shingle_size: int, seed: int, bands: int, rows: int) -> pa.Table:
+    """The signatures (`_minhash`) plus one column per LSH band holding the xxhash of that
+    band's values, as an Arrow table (no conversion to Python objects on the way to disk)."""
+    sigs = signatures([shingle_hashes(t, shingle_size) for t in batch["text"]], num_perm, seed)
+    columns = {"_minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1)), num_perm)}
     for band in range(bands):
-        part = slice(band * rows, (band + 1) * rows)
-        out[f"_band_{band}"] = np.array([xxhash.xxh64_intdigest(sig[part].tobytes()) for sig in out["_minhash"]],
-                                        dtype=np.uint64)
-    return out
+        values = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows])  # each row: the band's bytes
+        columns[f"_band_{band}"] = pa.array(np.fromiter(map(xxhash.xxh64_intdigest, values), dtype=np.uint64,
+                                                        count=len(values)))
+    return pa.table(columns)
 
 
 class _UnionFind:

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.cleaning import StepReport, clean_split, clean_text, decontaminate, eval_text_hashes
+from lm_tasks.data.cleaning import (StepReport, clean_split, clean_text, column_values, decontaminate,
+                                    eval_text_hashes)
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.report import build_report, write_report
 from lm_tasks.artifacts import write_json
@@ -58,7 +59,7 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
             steps["train"].append(report)
             _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
         for split, ds in cleaned.items():
-            lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
+            lengths.setdefault(split, {})["kept"] = column_values(ds, "n_bytes")
         manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)
         report = build_report(cfg.name, steps, manifest)
         write_report(report, steps, lengths, out_dir)

@@ -47,7 +47,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from lm_tasks.config import DataConfig
 from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines, starts_json_array
-from lm_tasks.data.cleaning import StepReport
+from lm_tasks.data.cleaning import StepReport, column_values
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
 
@@ -86,7 +86,7 @@ def load_raw(cfg: DataConfig, scratch_dir: str | Path) -> tuple[DatasetDict, dic
 
 def _drop_oversized(ds: Dataset, split: str, cfg: DataConfig) -> tuple[Dataset, StepReport]:
     """The rows within the record limit, and the "read" step counting the others."""
-    sizes = np.asarray(ds.with_format("numpy")["oversized"]) if len(ds) else np.zeros(0, dtype=np.int64)
+    sizes = column_values(ds, "oversized")
     skipped = np.flatnonzero(sizes)
     kept = ds.select(np.flatnonzero(sizes == 0)) if len(skipped) else ds
     kept = kept.remove_columns("oversized")

@@ -82,13 +82,21 @@ def normalize_text(text: str, unicode_form: str = "NFC") -> str:
     Indentation inside a line is kept (it carries meaning in code and verse);
     trailing spaces, runs of blank lines and leading/trailing whitespace go.
     """
-    text = _LINE_BREAKS.sub("\n", text)
+    # Each pattern runs only when the text can hold a match (substring tests are much
+    # cheaper than a regex scan); ASCII text has no exotic breaks or spaces and is in
+    # every Unicode normal form.
+    ascii_only = text.isascii()
+    if not ascii_only or "\r" in text:
+        text = _LINE_BREAKS.sub("\n", text)
     text = _INVISIBLE.sub("", text)
-    if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
-        text = unicodedata.normalize(unicode_form, text)
-    text = _ODD_SPACES.sub(" ", text)
-    text = _TRAILING_SPACE.sub("\n", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
+    if not ascii_only:
+        if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
+            text = unicodedata.normalize(unicode_form, text)
+        text = _ODD_SPACES.sub(" ", text)
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
 
 

@@ -17,13 +17,17 @@ import numpy as np
 import xxhash
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
+_ASCII_PUNCTUATION = bytes(c for c in range(0x80) if _PUNCTUATION.match(chr(c)))
 # Odd, so multiplying by it permutes 64-bit values: no two word sequences collide systematically.
 _MULTIPLIER = np.uint64(0x100000001B3)
 
 
 def normalized_words(text: str | None) -> list[str]:
     """Lowercased words with punctuation removed ("Don't stop." -> ["dont", "stop"])."""
-    return _PUNCTUATION.sub("", (text or "").lower()).split()
+    text = (text or "").lower()
+    if text.isascii():  # the same, several times faster: bytes.translate deletes what the regex would
+        return text.encode("ascii").translate(None, _ASCII_PUNCTUATION).decode("ascii").split()
+    return _PUNCTUATION.sub("", text).split()
 
 
 # 65,536 words (about 13 MB per process) cover nearly every running word of a corpus.

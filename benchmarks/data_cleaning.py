@@ -1,22 +1,38 @@
-"""Data-stage cleaning throughput, 1 process vs 2, on real corpora from ../shared/data.
+"""Data-stage cleaning throughput, 1 process vs 2, on real corpora from ../shared/data;
+and MB/s and peak memory against corpus size.
 
     .venv/bin/python benchmarks/data_cleaning.py [--data-root ../shared/data] [--rounds 2]
                                                   [--out outputs/benchmarks/data_cleaning.json]
+    .venv/bin/python benchmarks/data_cleaning.py --sizes 10,100,1000 [--num-proc 2] [--corpus-dir /tmp]
+                                                  [--out outputs/benchmarks/data_scaling.json]
 
 For each corpus it runs the whole data stage (`prepare_data`: read, normalise, length,
 PII, quality rules, language, exact and near dedup, split, decontamination, parquet
 shards, report) with `data.num_proc=1` and `=2`, alternated, best of `--rounds`, and
 reports raw MB/s (input bytes / wall seconds) and what cleaning kept. Prints a table
 and writes JSON. A benchmark, never a test.
+
+`--sizes` (MB) runs the stage once per size on recombined real prose
+(benchmarks/prose_corpus.py: training documents plus a held-out validation file, written
+to `--corpus-dir` unless already there) with the default cleaning, each size in a fresh
+subprocess, and reports MB/s and peak memory of the whole process tree (the stage and
+its `num_proc` workers): the largest sum of RSS seen while sampling every 0.1 s, and the
+largest single process (`ru_maxrss`). RSS counts the pages of memory-mapped Arrow files
+that are resident, so it is an upper bound on the memory the stage needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from lm_tasks.config import load_config
 from lm_tasks.data.prepare import prepare_data
@@ -40,12 +56,87 @@ def measure(overrides: list[str]) -> dict:
             "dropped": {s["step"]: s["rows_in"] - s["rows_out"] for s in steps if s["rows_in"] != s["rows_out"]}}
 
 
+def measure_size(corpus: Path, num_proc: int) -> dict:
+    """One data-stage run on `corpus` (and its `.validation.jsonl`) in a fresh subprocess, with
+    the process tree's memory sampled while it runs."""
+    validation = corpus.with_name(corpus.stem + ".validation.jsonl")
+    overrides = ["data=local", f"data.files=[{corpus}]", f"data.validation_files=[{validation}]",
+                 f"data.num_proc={num_proc}"]
+    child = psutil.Popen([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=subprocess.PIPE,
+                         text=True)
+    peak_tree = 0
+    while child.poll() is None:  # the sum over the tree: workers run at the same time as the parent
+        peak_tree = max(peak_tree, _tree_rss(child))
+        time.sleep(0.1)
+    if child.returncode:
+        raise RuntimeError(f"the data stage failed on {corpus} (exit code {child.returncode})")
+    result = json.loads(child.stdout.read().strip().splitlines()[-1])
+    return {**result, "mb_per_sec": result["bytes_in"] / 1e6 / result["seconds"], "peak_tree_rss_mb": peak_tree / 2**20}
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # ended between listing and reading
+            pass
+    return total
+
+
+def scaling(args) -> None:
+    from prose_corpus import write_corpus  # benchmarks/ is this script's folder, first on sys.path
+
+    results = {}
+    for mb in [float(x) for x in args.sizes.split(",")]:
+        corpus = Path(args.corpus_dir) / f"prose_{mb:g}mb.jsonl"
+        if not corpus.with_name(corpus.stem + ".validation.jsonl").exists():
+            write_corpus(corpus, int(mb * 1e6), Path(args.data_root))
+        results[f"{mb:g}"] = r = measure_size(corpus, args.num_proc)
+        print(f"{mb:>6g} MB: {r['seconds']:8.1f} s {r['mb_per_sec']:6.2f} MB/s  peak RSS: tree "
+              f"{r['peak_tree_rss_mb']:,.0f} MB, largest process {r['max_process_rss_mb']:,.0f} MB  "
+              f"rows {r['rows_in']:,} -> {r['rows_out']:,}", flush=True)
+    out = Path(args.out if args.out != DEFAULT_OUT else "outputs/benchmarks/data_scaling.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"num_proc": args.num_proc, "sizes": results}, indent=2) + "\n")
+
+
+def run_once(overrides: list[str]) -> None:
+    """The child of `measure_size`: run the stage, print the measurement as the last line."""
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    cfg = load_config(overrides).data
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        report = prepare_data(cfg, out, seed=0)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "digest": report["digest"],
+                      "bytes_in": sum(steps[0]["bytes_in"] for steps in report["steps"].values()),
+                      "rows_in": sum(steps[0]["rows_in"] for steps in report["steps"].values()),
+                      "rows_out": sum(s["rows"] for s in report["splits"].values()),
+                      # ru_maxrss is in KiB: the stage's own process, and its largest worker
+                      "max_process_rss_mb": max(resource.getrusage(who).ru_maxrss for who in
+                                                (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024}))
+
+
+DEFAULT_OUT = "outputs/benchmarks/data_cleaning.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default="outputs/benchmarks/data_cleaning.json")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--sizes", help="MB of recombined prose, comma-separated: the scaling run")
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--corpus-dir", default="/tmp")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # JSON overrides: one run, in a subprocess
     args = parser.parse_args()
+    if args.one:
+        return run_once(json.loads(args.one))
+    if args.sizes:
+        return scaling(args)
     root = Path(args.data_root).resolve()
     results = {}
     for name, template in CORPORA.items():

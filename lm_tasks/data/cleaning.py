@@ -83,13 +83,21 @@ def normalize_text(text: str, unicode_form: str = "NFC") -> str:
     Indentation inside a line is kept (it carries meaning in code and verse);
     trailing spaces, runs of blank lines and leading/trailing whitespace go.
     """
-    text = _LINE_BREAKS.sub("\n", text)
+    # Each pattern runs only when the text can hold a match (substring tests are much
+    # cheaper than a regex scan); ASCII text has no exotic breaks or spaces and is in
+    # every Unicode normal form.
+    ascii_only = text.isascii()
+    if not ascii_only or "\r" in text:
+        text = _LINE_BREAKS.sub("\n", text)
     text = _INVISIBLE.sub("", text)
-    if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
-        text = unicodedata.normalize(unicode_form, text)
-    text = _ODD_SPACES.sub(" ", text)
-    text = _TRAILING_SPACE.sub("\n", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
+    if not ascii_only:
+        if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
+            text = unicodedata.normalize(unicode_form, text)
+        text = _ODD_SPACES.sub(" ", text)
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
 
 
@@ -246,8 +254,8 @@ def exact_dedup(ds: Dataset, cfg: CleaningConfig, mapper) -> tuple[Dataset, Step
     """Keep the first row of every distinct normalised text (128-bit hashes, 16 bytes a row
     in memory; the text stays on disk)."""
     hashes = mapper(ds, hash_batch, fn_kwargs={}, remove_columns=ds.column_names, desc="hash",
-                    features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")})).with_format("numpy")
-    pairs = np.stack([hashes["_h0"], hashes["_h1"]], axis=1)
+                    features=Features({"_h0": Value("uint64"), "_h1": Value("uint64")}))
+    pairs = np.stack([column_values(hashes, "_h0"), column_values(hashes, "_h1")], axis=1)
     _, first, counts = np.unique(pairs, axis=0, return_index=True, return_counts=True)
     duplicate = np.ones(len(ds), dtype=bool)
     duplicate[first] = False
@@ -313,6 +321,12 @@ def _by_reason(ds: Dataset, reasons, samples: int,
             examples.append({"reason": reason, "source": row["source"], "row": row["row"],
                              "text": row["text"][:SAMPLE_CHARS], **(describe(i) if describe else {})})
     return dropped, dropped_bytes, examples
+
+
+def column_values(ds: Dataset, name: str) -> np.ndarray:
+    """A numeric column as one numpy array, read through Arrow (the numpy format would
+    convert it row by row)."""
+    return ds.with_format("arrow")[name].to_numpy()
 
 
 def _bytes(ds: Dataset) -> int:

@@ -12,8 +12,8 @@ contains that word sequence. Texts under `min_words` words (8 by default, the
 lower bound GPT-3 used for its per-task n) are skipped: phrases that short appear in
 unrelated text by chance.
 
-The index is a sorted numpy array of 64-bit gram hashes (a polynomial over the words'
-xxhash64 values), 8 bytes a gram. It
+The index is a sorted numpy array of 64-bit gram hashes (lm_tasks/data/words.py: a
+polynomial over the words' xxhash64 values), 8 bytes a gram. It
 pickles as that one buffer, so `datasets` fingerprints `fn_kwargs={"index": index}`
 at memory speed (about 80 ms for 10 million grams) once per `map` call, and worker
 processes receive it quickly.
@@ -24,30 +24,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import xxhash
 
-from lm_tasks.data.near_dedup import normalized_words
+from lm_tasks.data.words import gram_hashes, normalized_words, word_hashes
 
 DEFAULT_NGRAM = 13
 DEFAULT_MIN_WORDS = 8
-
-
-# Odd, so multiplying by it permutes 64-bit values: no two word sequences collide systematically.
-_MULTIPLIER = np.uint64(0x100000001B3)
-
-
-def _word_hashes(words: list[str]) -> np.ndarray:
-    return np.fromiter((xxhash.xxh64_intdigest(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
-
-
-def _gram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
-    """A 64-bit hash of every run of n consecutive words: a polynomial over the words'
-    xxhash64 values (wrapping arithmetic), computed for all runs at once."""
-    count = len(word_hashes) - n + 1
-    grams = np.zeros(max(count, 0), dtype=np.uint64)
-    for j in range(n if count > 0 else 0):
-        grams = grams * _MULTIPLIER + word_hashes[j:j + count]
-    return grams
 
 
 class NgramIndex:
@@ -58,11 +39,11 @@ class NgramIndex:
             raise ValueError(f"need 1 <= min_words <= n, got min_words={min_words}, n={n}")
         parts, short_lengths = [], set()
         for text in texts:
-            words = _word_hashes(normalized_words(text))
+            words = word_hashes(normalized_words(text))
             if len(words) >= n:
-                parts.append(_gram_hashes(words, n))
+                parts.append(gram_hashes(words, n))
             elif len(words) >= min_words:
-                parts.append(_gram_hashes(words, len(words)))  # the whole text as one gram
+                parts.append(gram_hashes(words, len(words)))  # the whole text as one gram
                 short_lengths.add(len(words))
         self.n = n
         self.min_words = min_words
@@ -80,11 +61,11 @@ class NgramIndex:
         """Whether `text` contains any indexed gram: an n-gram, or a whole short evaluation text."""
         if not len(self.grams):
             return False
-        words = _word_hashes(normalized_words(text))
+        words = word_hashes(normalized_words(text))
         for length in (self.n, *self.short_lengths):
             if len(words) < length:
                 continue
-            hashes = _gram_hashes(words, length)
+            hashes = gram_hashes(words, length)
             found = np.minimum(np.searchsorted(self.grams, hashes), len(self.grams) - 1)
             if np.any(self.grams[found] == hashes):
                 return True

@@ -108,11 +108,25 @@ del _language, _words, _word
 
 # A run of letters in any script; digits, underscores and punctuation split words.
 _WORD = re.compile(r"[^\W\d_]+")
+# Bytes: ASCII letters and the bytes of non-ASCII characters (all >= 0x80 in UTF-8) stay,
+# every other ASCII byte becomes a space.
+_ASCII_NON_LETTERS_TO_SPACE = bytes(c if c >= 0x80 or chr(c).isalpha() else 0x20 for c in range(256))
+
+
+def _letter_runs(text: str) -> list[str]:
+    """`_WORD.findall(text)`, several times faster: one bytes.translate turns ASCII
+    non-letters into spaces and `split` cuts there; only the pieces holding non-ASCII
+    characters (which may be letters or not) go through the regex."""
+    pieces = text.encode("utf-8", "surrogatepass").translate(_ASCII_NON_LETTERS_TO_SPACE).decode(
+        "utf-8", "surrogatepass").split()
+    if text.isascii():
+        return pieces
+    return [word for piece in pieces for word in ((piece,) if piece.isascii() else _WORD.findall(piece))]
 
 
 def detect_language(text: str) -> str:
     """The ISO 639-1 code of the language of `text` among `LANGUAGES`, or "unknown"."""
-    words = _WORD.findall(text[:MAX_CHARS].lower())
+    words = _letter_runs(text[:MAX_CHARS].lower())
     if len(words) < MIN_WORDS:
         return UNKNOWN
     # Counting the tuples of languages (None for other words) runs in C; there are

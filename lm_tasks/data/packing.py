@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from lm_tasks.artifacts import atomic_path, read_json
 
 META_FILE = "meta.json"
+_PACK_BATCH = 4096  # tokenised rows packed at once
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -46,30 +48,36 @@ def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size:
 
     Bytes are counted as UTF-8 text plus one byte per document separator, the
     same text the tokens encode, so loss / bytes gives honest bits per byte.
+
+    Streaming: the tokenised rows (an Arrow file on disk) are read `_PACK_BATCH` rows at a
+    time, and each batch's tokens are appended to the .bin file and its document starts
+    to the memory-mapped docs index, so memory holds one batch whatever the split's size.
     """
     path = str(tokenizer_path)
     encoded = ds.map(encode_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
                      remove_columns=ds.column_names, desc=f"tokenise {Path(out_path).stem}",
                      fn_kwargs={"tokenizer_path": path, "tokenizer_mtime": Path(path).stat().st_mtime})
-    lengths = np.fromiter((len(ids) + 1 for ids in encoded["ids"]), dtype=np.int64, count=len(encoded))
-    n_tokens = int(lengths.sum())
-    n_bytes = int(np.sum(encoded["n_bytes"])) + len(encoded)
     dtype = token_dtype(vocab_size)
-    with atomic_path(docs_path(out_path)) as tmp:
-        with open(tmp, "wb") as f:  # an open file: np.save would append ".npy" to the temporary name
-            np.save(f, np.cumsum(lengths) - lengths)
-    with atomic_path(out_path) as tmp:
-        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
-        pos = 0
-        for batch in tqdm(encoded.iter(batch_size=1024), total=-(-len(encoded) // 1024),
-                          desc=f"pack {Path(out_path).name}", leave=False):
-            for ids in batch["ids"]:
-                arr[pos:pos + len(ids)] = ids
-                arr[pos + len(ids)] = eos_id
-                pos += len(ids) + 1
-        arr.flush()
-        del arr
-    return {"tokens": n_tokens, "bytes": n_bytes, "documents": len(encoded), "dtype": dtype.name}
+    n_tokens = n_bytes = done = 0
+    with atomic_path(docs_path(out_path)) as docs_tmp, atomic_path(out_path) as bin_tmp:
+        starts = np.lib.format.open_memmap(docs_tmp, mode="w+", dtype=np.int64, shape=(len(encoded),))
+        with open(bin_tmp, "wb") as f:
+            for batch in tqdm(encoded.with_format("arrow").iter(batch_size=_PACK_BATCH),
+                              total=-(-len(encoded) // _PACK_BATCH), desc=f"pack {Path(out_path).name}", leave=False):
+                lengths = pc.list_value_length(batch["ids"]).to_numpy(zero_copy_only=False) + 1  # + end of text
+                ends = np.cumsum(lengths)
+                tokens = np.full(int(ends[-1]), eos_id, dtype=dtype)  # the eos stays at each document's end
+                inside = np.ones(len(tokens), dtype=bool)
+                inside[ends - 1] = False
+                tokens[inside] = pc.list_flatten(batch["ids"]).to_numpy(zero_copy_only=False)
+                f.write(tokens.tobytes())
+                starts[done:done + len(lengths)] = n_tokens + ends - lengths
+                n_tokens += int(ends[-1])
+                n_bytes += int(pc.sum(batch["n_bytes"]).as_py())
+                done += len(lengths)
+        starts.flush()
+        del starts
+    return {"tokens": n_tokens, "bytes": n_bytes + len(encoded), "documents": len(encoded), "dtype": dtype.name}
 
 
 def docs_path(bin_path: str | Path) -> Path:

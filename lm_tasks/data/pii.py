@@ -67,6 +67,12 @@ _PHONE = re.compile(
     r")(?![\w/]|[.-]\d)"
 )
 _NOT_DIGIT = re.compile(r"\D")
+# Cheap tests run before the patterns. Every accepted phone number holds two adjacent
+# digits: 8 or more digits (international) cannot be spread one per group over the
+# country code and at most 6 groups, and the other shapes start with 3 digits or "0"
+# and a digit.
+_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
+_TWO_DIGITS = re.compile(r"\d\d")
 
 
 def _is_ipv6(candidate: str) -> bool:
@@ -116,11 +122,11 @@ def scrub_pii(text: str, kinds: Iterable[str] = KINDS) -> tuple[str, dict[str, i
     if "email" in kinds and "@" in text:
         text, counts["email"] = _replace(_EMAIL, text, PLACEHOLDERS["email"])
     if "ip" in kinds:
-        if "." in text:
+        if _DIGIT_DOT_DIGIT.search(text):  # in every IPv4 address
             text, counts["ip"] = _replace(_IPV4, text, PLACEHOLDERS["ip"])
         if "::" in text or text.count(":") >= 7:
             text, found = _replace(_IPV6, text, PLACEHOLDERS["ip"], _is_ipv6)
             counts["ip"] += found
-    if "phone" in kinds:
+    if "phone" in kinds and _TWO_DIGITS.search(text):  # in every phone number accepted
         text, counts["phone"] = _replace(_PHONE, text, PLACEHOLDERS["phone"], _is_phone)
     return text, counts

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.cleaning import StepReport, clean_split, clean_text, decontaminate, eval_text_hashes
+from lm_tasks.data.cleaning import (StepReport, clean_split, clean_text, column_values, decontaminate,
+                                    eval_text_hashes)
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.mapping import DaskMap, LocalMap, dask_client
 from lm_tasks.data.report import build_report, write_report
@@ -87,7 +88,7 @@ def _prepare(cfg: DataConfig, out_dir: Path, scratch: Path, seed: int, eval_text
         steps["train"].append(report)
         _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
     for split, ds in cleaned.items():
-        lengths.setdefault(split, {})["kept"] = np.asarray(ds.with_format("numpy")["n_bytes"])
+        lengths.setdefault(split, {})["kept"] = column_values(ds, "n_bytes")
     manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)
     report = build_report(cfg.name, steps, manifest)
     write_report(report, steps, lengths, out_dir)

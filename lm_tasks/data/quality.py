@@ -92,6 +92,10 @@ TERMINAL_PUNCTUATION = (".", "!", "?", "…", ":", ";", '"', "'", "”", "’", 
 # A whole word without a single letter: only digits, underscores and symbols. The
 # look-arounds pin it to whitespace (or the text's ends), i.e. to `str.split` words.
 _WORD_WITHOUT_LETTER = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
+# For ASCII text, the same count from bytes: every whitespace character of `str.split`
+# becomes a space, and bytes that are neither letters nor whitespace are deleted.
+_ASCII_SPACES = bytes(0x20 if chr(c).isspace() and c < 0x80 else c for c in range(256))
+_ASCII_NEITHER = bytes(c for c in range(0x80) if not (chr(c).isalpha() or chr(c).isspace()))
 
 
 class _Document:
@@ -142,7 +146,12 @@ def _symbol_word_ratio(doc: _Document) -> float:
 def _alpha_word_fraction(doc: _Document) -> float:
     if not doc.words:
         return 0.0
-    return 1.0 - len(_WORD_WITHOUT_LETTER.findall(doc.text)) / len(doc.words)
+    if doc.text.isascii():  # the words holding a letter: what split() still finds once all but letters and spaces are gone
+        letters_and_spaces = doc.text.encode("ascii").translate(_ASCII_SPACES, _ASCII_NEITHER)
+        without_letter = len(doc.words) - len(letters_and_spaces.split())
+    else:
+        without_letter = len(_WORD_WITHOUT_LETTER.findall(doc.text))
+    return 1.0 - without_letter / len(doc.words)
 
 
 def _punctuation_line_fraction(doc: _Document) -> float:
@@ -191,9 +200,9 @@ def _duplicate_ngram_fraction(doc: _Document, n: int) -> float:
     if len(doc.words) < n:
         return 0.0
     grams = _ngrams(doc.words, n)
-    counts = Counter(grams)
-    if len(counts) == len(grams):  # every n-gram is unique: the common case, no scan
+    if len(set(grams)) == len(grams):  # every n-gram is unique: the common case, no counting
         return 0.0
+    counts = Counter(grams)
     starts = [i for i, gram in enumerate(grams) if counts[gram] > 1]
     return _covered_characters(doc.word_lengths, starts, n) / sum(doc.word_lengths)
 

@@ -36,18 +36,19 @@ import io
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
-from datasets.exceptions import DatasetGenerationError
 
 from lm_tasks.config import DataConfig
 from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines, starts_json_array
-from lm_tasks.data.cleaning import StepReport
+from lm_tasks.data.cleaning import StepReport, column_values
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
 from lm_tasks.data.mapping import DaskMap
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 FEATURES = Features({"text": Value("string"), "source": Value("string"), "row": Value("int64"),
                      "oversized": Value("int64")})
 READERS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+_BATCH_ROWS = 1000
+_BATCH_CHARS = 1 << 23  # 8 Mi characters: at most 32 MiB of UTF-8 text per batch
 CSV_FIELD_LIMIT = 1 << 17  # Python's default field limit: never lowered below it
 OVERSIZED = "oversized_record"
 
@@ -88,7 +91,7 @@ def load_raw(cfg: DataConfig, scratch_dir: str | Path, mapper=None) -> tuple[Dat
 
 def _drop_oversized(ds: Dataset, split: str, cfg: DataConfig) -> tuple[Dataset, StepReport]:
     """The rows within the record limit, and the "read" step counting the others."""
-    sizes = np.asarray(ds.with_format("numpy")["oversized"]) if len(ds) else np.zeros(0, dtype=np.int64)
+    sizes = column_values(ds, "oversized")
     skipped = np.flatnonzero(sizes)
     kept = ds.select(np.flatnonzero(sizes == 0)) if len(skipped) else ds
     kept = kept.remove_columns("oversized")
@@ -114,19 +117,34 @@ def _drop_oversized(ds: Dataset, split: str, cfg: DataConfig) -> tuple[Dataset, 
 
 
 def _generate(reader, kwargs: dict, cfg: DataConfig, scratch_dir: str | Path) -> Dataset:
-    """A Dataset of reader(**kwargs)'s records, cut at max_rows / max_bytes."""
-    try:
-        return Dataset.from_generator(_limited, features=FEATURES, cache_dir=str(scratch_dir),
-                                      gen_kwargs={"reader": reader, "kwargs": kwargs, "max_rows": cfg.max_rows,
-                                                  "max_bytes": cfg.max_bytes})
-    except DatasetGenerationError as err:  # `datasets` wraps what the reader raised
-        if isinstance(err.__cause__, DataSourceError):
-            raise err.__cause__ from None
-        raise
-    except ValueError as err:
-        if "corresponds to no data" not in str(err):  # what `datasets` says of a generator yielding nothing
-            raise
+    """A Dataset of reader(**kwargs)'s records, cut at max_rows / max_bytes.
+
+    The records go to an Arrow file under `scratch_dir` in batches of `_BATCH_ROWS` rows or
+    `_BATCH_CHARS` characters, whichever comes first (`Dataset.from_generator` would encode
+    them one by one, the slowest part of reading), so memory stays bounded.
+    """
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=scratch_dir, prefix="read-", suffix=".arrow")
+    os.close(fd)
+    schema = FEATURES.arrow_schema
+    rows = 0
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        batch: dict[str, list] = {name: [] for name in FEATURES}
+        chars = 0
+        for record in _limited(reader, kwargs, cfg.max_rows, cfg.max_bytes):
+            for name, values in batch.items():
+                values.append(record[name])
+            chars += len(record["text"])
+            if len(batch["text"]) >= _BATCH_ROWS or chars >= _BATCH_CHARS:
+                writer.write_batch(pa.record_batch(batch, schema=schema))
+                rows += len(batch["text"])
+                batch, chars = {name: [] for name in FEATURES}, 0
+        if batch["text"]:
+            writer.write_batch(pa.record_batch(batch, schema=schema))
+            rows += len(batch["text"])
+    if not rows:
         return Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
+    return Dataset.from_file(path)
 
 
 def _limited(reader, kwargs: dict, max_rows: int | None, max_bytes: int | None) -> Iterator[dict]:
@@ -136,7 +154,8 @@ def _limited(reader, kwargs: dict, max_rows: int | None, max_bytes: int | None) 
             return
         if not record["oversized"]:  # a skipped record takes no share of what is read
             rows += 1
-            n_bytes += len(record["text"].encode("utf-8", errors="replace"))
+            if max_bytes is not None:
+                n_bytes += len(record["text"].encode("utf-8", errors="replace"))
         yield record
 
 
@@ -333,7 +352,6 @@ def _read_csv(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]
 
 
 def _read_parquet(path: str, column: str, limit: int) -> Iterator[dict]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:

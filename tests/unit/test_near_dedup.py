@@ -6,11 +6,13 @@ import random
 
 import numpy as np
 import pytest
+import xxhash
 from datasets import Dataset
 
 from lm_tasks.data import near_dedup
 from lm_tasks.data.near_dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE_SIZE, DEFAULT_THRESHOLD, NearDedupResult
 from lm_tasks.data.near_dedup import find_near_duplicates, lsh_bands, minhash_batch, shingles
+from lm_tasks.data.words import normalized_words
 
 VOCABULARY = [f"w{i}" for i in range(3000)]
 
@@ -74,10 +76,31 @@ def test_minhash_batch_signatures():
     out = minhash_batch({"text": [text, text.upper().replace(" ", " , "), text, "short text"]},
                         num_perm=64, shingle_size=3, seed=0)
     sigs = np.stack(out["_minhash"])
-    assert sigs.shape == (4, 64) and sigs.dtype == np.uint64 and (sigs < 2 ** 61 - 1).all()
+    assert sigs.shape == (4, 64) and sigs.dtype == np.uint32
     assert (sigs[0] == sigs[1]).all() and (sigs[0] == sigs[2]).all()  # case and punctuation do not count
     other_seed = minhash_batch({"text": [text]}, num_perm=64, shingle_size=3, seed=1)["_minhash"][0]
     assert (other_seed != sigs[0]).mean() > 0.9
+
+
+def test_signatures_are_minima_of_the_hash_functions(monkeypatch):
+    """Each value is min over the text's shingles of (m * x + c) mod 2^32, x the low 32 bits of
+    the shingle's polynomial hash, also for documents split across chunks and short texts."""
+    monkeypatch.setattr(near_dedup, "_ROWS_AT_ONCE", 7)
+    rng = random.Random(3)
+    texts = [document(rng, k) for k in (1, 2, 3, 5, 40, 9)] + ["", "Don't stop, don't."]
+    m, c = near_dedup._hash_functions(16, 0)
+
+    def shingle_hash(words: list[str]) -> int:
+        h = 0
+        for word in words:
+            h = (h * 0x100000001B3 + xxhash.xxh64_intdigest(word.encode())) % 2 ** 64
+        return h % 2 ** 32
+
+    for text, sig in zip(texts, near_dedup.signatures([near_dedup.shingle_hashes(t, 3) for t in texts], 16, 0)):
+        words = normalized_words(text)
+        n = min(3, len(words))
+        hashes = [shingle_hash(words[i:i + n]) for i in range(len(words) - n + 1)]
+        assert sig.tolist() == [min((int(mi) * x + int(ci)) % 2 ** 32 for x in hashes) for mi, ci in zip(m, c)]
 
 
 def test_estimated_jaccard_tracks_the_exact_one():

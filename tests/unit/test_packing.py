@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from tokenizers import Tokenizer
 
 from lm_tasks.config import TokenizerConfig
+from lm_tasks.data import packing
 from lm_tasks.data.packing import PackedBlocks, pack_split, token_dtype
 from lm_tasks.tokenizer import special_token_ids, train_tokenizer
 
@@ -57,3 +59,19 @@ def test_too_few_tokens_for_a_block_is_a_clear_error(packed):
 
 def test_dtype_follows_vocabulary_size():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_packing_streams_in_batches_with_the_same_result(packed, tmp_path, monkeypatch):
+    """Batches of 7 rows (the 30 documents span several) give the same tokens, byte count
+    and document starts as the expected whole stream."""
+    path, meta, expected = packed
+    monkeypatch.setattr(packing, "_PACK_BATCH", 7)
+    tokenizer = Tokenizer.from_file(str(path.parent / "tokenizer.json"))
+    eos = expected[-1]
+    small = pack_split(Dataset.from_dict({"text": DOCS}), path.parent / "tokenizer.json", eos,
+                       tokenizer.get_vocab_size(), tmp_path / "batched" / "train.bin")
+    assert small == meta
+    assert np.fromfile(tmp_path / "batched" / "train.bin", dtype=meta["dtype"]).tolist() == expected
+    lengths = [len(tokenizer.encode(doc, add_special_tokens=False).ids) + 1 for doc in DOCS]
+    starts = np.load(packing.docs_path(tmp_path / "batched" / "train.bin"))
+    assert starts.dtype == np.int64 and starts.tolist() == [sum(lengths[:i]) for i in range(len(DOCS))]

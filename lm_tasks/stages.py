@@ -180,18 +180,21 @@ def run_tokenizer(cfg: LifecycleConfig, data: StageResult | None = None,
 
     def compute(out: Path) -> tuple[str, dict]:
         from lm_tasks.data.packing import pack_split
-        from lm_tasks.data.prepare import load_prepared
+        from lm_tasks.data.prepare import load_prepared, row_mapper
         from lm_tasks.tokenizer import special_token_ids, train_tokenizer
 
         dataset = load_prepared(data.output_dir)
         tokenizer_path = out / "tokenizer.json"
         tokenizer = train_tokenizer(dataset["train"], cfg.tokenizer, tokenizer_path)
         specials = special_token_ids(tokenizer, cfg.tokenizer)
-        splits = {
-            split: pack_split(dataset[split], tokenizer_path, specials.eos_id, specials.vocab_size,
-                              out / f"{split}.bin", cfg.data.num_proc)
-            for split in ("train", "validation")
-        }
+        scratch = out / ".partitions"  # tokenised partitions (data.executor=dask); not part of the entry
+        try:
+            with row_mapper(cfg.data, scratch) as mapper:
+                splits = {split: pack_split(dataset[split], tokenizer_path, specials.eos_id, specials.vocab_size,
+                                            out / f"{split}.bin", mapper=mapper)
+                          for split in ("train", "validation")}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         write_json(out / "meta.json", {"splits": splits, "dtype": splits["train"]["dtype"], **asdict(specials)})
         mlflow.log_artifact(str(tokenizer_path))
         mlflow.log_artifact(str(out / "meta.json"))

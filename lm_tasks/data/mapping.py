@@ -54,7 +54,9 @@ class DaskMap:
         self.folder.mkdir(parents=True, exist_ok=True)
         count = min(self.partitions, len(ds))
         bounds = [len(ds) * i // count for i in range(count + 1)]
-        shared = self.client.scatter([fn_kwargs], broadcast=True)[0]  # sent once per worker, not per part
+        # sent once per worker, not per part; its own key (hash=False): identical arguments scattered by
+        # an earlier pass may be being released just now
+        shared = self.client.scatter([fn_kwargs], broadcast=True, hash=False)[0]
         tag = f"{desc.replace(' ', '_')}-{uuid.uuid4().hex[:8]}"
         futures = [self.client.submit(map_partition, ds.select(range(start, end)), fn, shared, desc, options,
                                       str(self.folder / f"{tag}-{i:05d}.arrow"), pure=False)

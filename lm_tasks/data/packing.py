@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from lm_tasks.artifacts import atomic_path, read_json
+from lm_tasks.data.mapping import LocalMap
 
 META_FILE = "meta.json"
 _PACK_BATCH = 4096  # tokenised rows packed at once
@@ -43,7 +44,7 @@ def encode_batch(batch: dict, tokenizer_path: str, tokenizer_mtime: float) -> di
 
 
 def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size: int,
-               out_path: str | Path, num_proc: int = 1) -> dict:
+               out_path: str | Path, num_proc: int = 1, mapper=None) -> dict:
     """Tokenise `ds` and write its packed token stream; return counts for meta.json.
 
     Bytes are counted as UTF-8 text plus one byte per document separator, the
@@ -52,10 +53,12 @@ def pack_split(ds: Dataset, tokenizer_path: str | Path, eos_id: int, vocab_size:
     Streaming: the tokenised rows (an Arrow file on disk) are read `_PACK_BATCH` rows at a
     time, and each batch's tokens are appended to the .bin file and its document starts
     to the memory-mapped docs index, so memory holds one batch whatever the split's size.
+    Tokenising runs in `num_proc` processes, or with `mapper` (lm_tasks.data.mapping) on a
+    Dask cluster; writing the .bin stays here, in order.
     """
     path = str(tokenizer_path)
-    encoded = ds.map(encode_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
-                     remove_columns=ds.column_names, desc=f"tokenise {Path(out_path).stem}",
+    mapper = mapper or LocalMap(num_proc)
+    encoded = mapper(ds, encode_batch, remove_columns=ds.column_names, desc=f"tokenise {Path(out_path).stem}",
                      fn_kwargs={"tokenizer_path": path, "tokenizer_mtime": Path(path).stat().st_mtime})
     dtype = token_dtype(vocab_size)
     n_tokens = n_bytes = done = 0

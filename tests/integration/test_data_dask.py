@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
 from lm_tasks.config import load_config
 from lm_tasks.data.prepare import prepare_data
-from lm_tasks.stages import data_key
+from lm_tasks.stages import data_key, run_data, run_tokenizer
 from tests.text_samples import paragraphs
 
 pytestmark = pytest.mark.slow
@@ -35,20 +37,26 @@ def write_corpus(folder: Path) -> list[str]:
     return [str(folder / name) for name in ("a.txt", "b.jsonl", "c.csv")]
 
 
-def test_the_dask_partitioned_stage_equals_the_single_process_one(tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield cluster, client
+
+
+def test_the_dask_partitioned_stage_equals_the_single_process_one(tmp_path, cluster):
+    cluster, client = cluster
     files = write_corpus(tmp_path)
     base = [f"paths.root_dir={tmp_path}", "data=local", f"data.files=[{','.join(files)}]",
             f"data.validation_files=[{tmp_path / 'held_out.txt'}]"]
     local = load_config(base)
     single = prepare_data(local.data, tmp_path / "single", local.seed)
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        spread = load_config(base + ["data.executor=dask", f"data.dask_address={cluster.scheduler_address}",
-                                     "data.partitions=3"])
-        assert data_key(spread) == data_key(local)  # where it runs is not part of the cache key
-        with get_task_stream(client) as stream:
-            partitioned = prepare_data(spread.data, tmp_path / "dask", spread.seed)
+    spread = load_config(base + ["data.executor=dask", f"data.dask_address={cluster.scheduler_address}",
+                                 "data.partitions=3"])
+    assert data_key(spread) == data_key(local)  # where it runs is not part of the cache key
+    with get_task_stream(client) as stream:
+        partitioned = prepare_data(spread.data, tmp_path / "dask", spread.seed)
     tasks = stream.data
     workers = {task["worker"] for task in tasks}
     names = {task["key"].split("-")[0] for task in tasks}
@@ -64,3 +72,20 @@ def test_the_dask_partitioned_stage_equals_the_single_process_one(tmp_path):
     assert dropped["exact_dedup"] == 2 and dropped["near_dedup"] == 1 and dropped["length"] == 1
     assert steps["language"]["details"]["languages"]["de"] == 1 and dropped["decontamination"] == 1
     assert steps["pii"]["changed"] == 1
+
+
+def test_the_tokenizer_stage_packs_the_same_tokens_on_the_cluster(tmp_path, cluster):
+    cluster, _ = cluster
+    local = load_config([f"paths.root_dir={tmp_path}", "debug=smoke"])
+    spread = load_config([f"paths.root_dir={tmp_path}", "debug=smoke", "data.executor=dask",
+                          f"data.dask_address={cluster.scheduler_address}", "data.partitions=3"])
+    data = run_data(local)
+    assert run_data(spread).key == data.key  # the same entry, from the cache
+    alone = run_tokenizer(local, data)
+    shutil.rmtree(alone.output_dir)  # computed again, this time on the cluster
+    spread_tokens = run_tokenizer(spread, data)
+    assert spread_tokens.key == alone.key and spread_tokens.digest == alone.digest  # .bin files included
+    folder = Path(spread_tokens.output_dir)
+    assert not (folder / ".partitions").exists()
+    assert np.load(folder / "train.docs.npy").size == json.loads((folder / "meta.json").read_text())[
+        "splits"]["train"]["documents"]

@@ -56,12 +56,12 @@ def measure(overrides: list[str]) -> dict:
             "dropped": {s["step"]: s["rows_in"] - s["rows_out"] for s in steps if s["rows_in"] != s["rows_out"]}}
 
 
-def measure_size(corpus: Path, num_proc: int) -> dict:
+def measure_size(corpus: Path, num_proc: int, extra: tuple[str, ...] = ()) -> dict:
     """One data-stage run on `corpus` (and its `.validation.jsonl`) in a fresh subprocess, with
-    the process tree's memory sampled while it runs."""
+    the process tree's memory sampled while it runs; `extra`: more overrides."""
     validation = corpus.with_name(corpus.stem + ".validation.jsonl")
     overrides = ["data=local", f"data.files=[{corpus}]", f"data.validation_files=[{validation}]",
-                 f"data.num_proc={num_proc}"]
+                 f"data.num_proc={num_proc}", *extra]
     child = psutil.Popen([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=subprocess.PIPE,
                          text=True)
     peak_tree = 0

@@ -4,7 +4,9 @@
                                            [--skip data,pretrain,cache,gpt2] [--out outputs/benchmarks/scaling]
 
 1. Data stage: MB/s of stage time and peak RSS (the stage's process and its workers) at each
-   corpus size in MB, on new documents recombined from real prose (benchmarks/data_cleaning.py).
+   corpus size in MB with data.num_proc=2, on new documents recombined from real prose
+   (benchmarks/prose_corpus.py, benchmarks/data_cleaning.py); at the middle size also with one
+   process and on a local Dask cluster of 2 workers (data.executor=dask).
 2. Pretraining: seconds per step, tokens/s, peak RSS and MFU (against this machine's measured
    fp32 matmul peak) for each model preset, each in a fresh process, on the embedded corpus.
 3. Cache hits: seconds for a hit on entries of 1 KB to 1 GB with stamps (`cache.verify=stamp`,
@@ -190,10 +192,26 @@ def _worker(args: list[str], kill_when: Path | None = None) -> dict:
 # --- 1. data stage -------------------------------------------------------------------------------
 
 
-def data_stage(sizes_mb: list[int], folder: Path) -> list[dict]:
-    from data_cleaning import measure_sizes  # benchmarks/data_cleaning.py
+def data_stage(sizes_mb: list[float], corpus_dir: Path, data_root: Path) -> list[dict]:
+    """The data stage at each size with data.num_proc=2; at the middle size also with one process
+    and with data.executor=dask (a local cluster of 2 workers), side by side."""
+    from data_cleaning import measure_size  # benchmarks/data_cleaning.py
+    from prose_corpus import write_corpus
 
-    return measure_sizes(sizes_mb, folder)
+    runs = [(mb, 2, ()) for mb in sizes_mb]
+    middle = sizes_mb[len(sizes_mb) // 2]
+    runs += [(middle, 1, ()), (middle, 2, ("data.executor=dask",))]
+    rows = []
+    for mb, procs, extra in runs:
+        corpus = corpus_dir / f"prose_{mb:g}mb.jsonl"
+        if not corpus.with_name(corpus.stem + ".validation.jsonl").exists():
+            write_corpus(corpus, int(mb * 1e6), data_root)
+        r = measure_size(corpus, procs, extra)
+        rows.append({"corpus_mb": mb, "how": "dask, 2 workers" if extra else f"{procs} process" + "es" * (procs > 1),
+                     "seconds": r["seconds"], "mb_per_sec": r["mb_per_sec"], "peak_rss_mb": r["peak_tree_rss_mb"],
+                     "largest_process_mb": r["max_process_rss_mb"], "digest": r["digest"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -211,8 +229,9 @@ def prepare_inputs(root: Path) -> None:
 def table(result: dict) -> str:
     lines = ["| measure | value |", "|---|---|"]
     for row in result.get("data", []):
-        lines.append(f"| data stage, {row['corpus_mb']:,.0f} MB | {row['mb_per_sec']:.2f} MB/s, "
-                     f"{row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB |")
+        lines.append(f"| data stage, {row['corpus_mb']:,.0f} MB, {row['how']} | {row['mb_per_sec']:.2f} MB/s, "
+                     f"{row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB (process tree), "
+                     f"{row['largest_process_mb']:,.0f} MB (largest process) |")
     peak = result.get("matmul_peak_gflops")
     for row in result.get("pretrain", []):
         mfu = row["tokens_per_sec"] * row["flops_per_token"] / (peak * 1e9) if peak else float("nan")
@@ -237,6 +256,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000", help="data-stage corpus sizes in MB")
     parser.add_argument("--presets", default="tiny,small,gpt2_small")
     parser.add_argument("--cache-sizes", default="0.001,10,100,1000", help="cache entry sizes in MB")
+    parser.add_argument("--corpus-dir", default="/tmp", help="where the recombined prose corpora are kept")
+    parser.add_argument("--data-root", default="../shared/data", help="the real corpora they are made from")
     parser.add_argument("--skip", default="", help="sections to skip: data,pretrain,cache,gpt2")
     parser.add_argument("--out", default="outputs/benchmarks/scaling")
     parser.add_argument("--worker", choices=("pretrain", "gpt2"), help=argparse.SUPPRESS)
@@ -254,8 +275,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
     result: dict = {"cpu_count": os.cpu_count()}
+
+    def save() -> None:  # after every section: a later failure loses nothing measured
+        (out / "scaling.json").write_text(json.dumps(result, indent=2))
+
+    if "gpt2" not in skip:  # first: the longest-running, most fragile section
+        root = out / "root"
+        prepare_inputs(root)
+        result["gpt2"] = gpt2_lifecycle(root)
+        save()
     if "data" not in skip:
-        result["data"] = data_stage([int(s) for s in args.sizes.split(",")], out / "data")
+        result["data"] = data_stage([float(s) for s in args.sizes.split(",")], Path(args.corpus_dir),
+                                    Path(args.data_root))
+        save()
     if "pretrain" not in skip:
         from throughput import matmul_peak_flops  # benchmarks/throughput.py
 
@@ -264,16 +296,13 @@ def main() -> None:
         result["matmul_peak_gflops"] = matmul_peak_flops() / 1e9
         result["pretrain"] = [_worker(["--worker", "pretrain", "--preset", preset, "--root", str(root)])
                               for preset in args.presets.split(",")]
+        save()
     if "cache" not in skip:
         with tempfile.TemporaryDirectory(dir=out) as folder:
             result["cache"] = cache_hits(Path(folder), [float(s) for s in args.cache_sizes.split(",")])
-    if "gpt2" not in skip:
-        root = out / "root"
-        prepare_inputs(root)
-        result["gpt2"] = gpt2_lifecycle(root)
+        save()
     text = table(result)
     print(text)
-    (out / "scaling.json").write_text(json.dumps(result, indent=2))
     (out / "scaling.md").write_text(text + "\n")
 
 

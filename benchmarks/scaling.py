@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import signal
@@ -164,6 +165,9 @@ def gpt2_lifecycle(root: Path) -> dict:
     killed = _worker(pretrain, kill_when=partial / "checkpoints" / "last.ckpt")
     resumed = _worker(pretrain)
     downstream = _worker(["--worker", "gpt2", "--part", "downstream", "--root", str(root)])
+    resumed["pretrain_peak_rss_mb"] = resumed.pop("peak_rss_mb")
+    downstream["downstream_peak_rss_mb"] = downstream.pop("peak_rss_mb")
+    downstream.pop("log_resumed")
     return {"killed_after_s": killed["killed_after_s"], "resumed": resumed.pop("log_resumed"), **resumed,
             **downstream}
 
@@ -217,12 +221,12 @@ def data_stage(sizes_mb: list[float], corpus_dir: Path, data_root: Path) -> list
 # --- the run -------------------------------------------------------------------------------------
 
 
-def prepare_inputs(root: Path) -> None:
-    """The embedded corpus cleaned and tokenised once (cached) for the pretraining workers."""
+def prepare_inputs(root: Path, extra: list[str] = ()) -> None:
+    """The embedded corpus cleaned and tokenised once (cached) for the workers that train."""
     from lm_tasks.config import load_config
     from lm_tasks.stages import run_data, run_tokenizer
 
-    cfg = load_config(base_overrides(root))
+    cfg = load_config([*base_overrides(root), *extra])
     run_tokenizer(cfg, run_data(cfg))
 
 
@@ -243,11 +247,12 @@ def table(result: dict) -> str:
                      f"(stamps); {row['hit_s_full']:.3f} s (`cache.verify=full`) |")
     gpt2 = result.get("gpt2")
     if gpt2:
-        lines.append(f"| GPT-2 small lifecycle: pretraining 4 steps, SIGKILLed after the step-2 checkpoint "
-                     f"and resumed | resumed: {gpt2['resumed']}; {gpt2['pretrain_s']:.0f} s after the resume, "
-                     f"peak RSS {gpt2['peak_rss_mb']:,.0f} MB |")
+        lines.append(f"| GPT-2 small lifecycle ({gpt2['parameters'] / 1e6:.1f} M parameters): pretraining 4 "
+                     f"steps, SIGKILLed after the step-2 checkpoint and resumed | resumed: {gpt2['resumed']}; "
+                     f"{gpt2['pretrain_s']:.0f} s after the resume, peak RSS {gpt2['pretrain_peak_rss_mb']:,.0f} MB |")
         lines.append(f"| GPT-2 small: fine-tune (3 steps) + evaluate | {gpt2['finetune_s']:.0f} s + "
-                     f"{gpt2['evaluate_s']:.0f} s; Hugging Face export: {gpt2['hf_export']} |")
+                     f"{gpt2['evaluate_s']:.0f} s, peak RSS {gpt2['downstream_peak_rss_mb']:,.0f} MB; "
+                     f"Hugging Face export: {gpt2['hf_export']} |")
     return "\n".join(lines)
 
 
@@ -266,6 +271,7 @@ def main() -> None:
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # one measurement, in this fresh process
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # to stderr
         root = Path(args.root)
         result = pretrain_worker(args.preset, root) if args.worker == "pretrain" else gpt2_worker(args.part, root)
         print(json.dumps(result))
@@ -281,7 +287,7 @@ def main() -> None:
 
     if "gpt2" not in skip:  # first: the longest-running, most fragile section
         root = out / "root"
-        prepare_inputs(root)
+        prepare_inputs(root, GPT2)
         result["gpt2"] = gpt2_lifecycle(root)
         save()
     if "data" not in skip:

@@ -66,7 +66,6 @@ class DaskMap:
                  len(self.client.scheduler_info().get("workers", {})))
         return concatenate_datasets(parts)
 
-
     def each(self, fn, calls: list[tuple]) -> list:
         """`fn(*args)` for every `args` in `calls`, on the workers; the results in order."""
         return self.client.gather([self.client.submit(fn, *args, pure=False) for args in calls])

@@ -75,8 +75,9 @@ def pretrain_worker(preset: str, root: Path) -> dict:
                        f"trainer.checkpoint_every_n_steps={steps}", "trainer.limit_val_batches=1"])
     tokens = Path(find(cfg, "tokenizer").output_dir)
 
-    class StepClock(L.Callback):
-        ends: list[float] = []
+    class StepClock(L.Callback):  # when each optimizer step ended
+        def __init__(self):
+            self.ends: list[float] = []
 
         def on_train_batch_end(self, *args):
             self.ends.append(time.perf_counter())

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
@@ -149,6 +150,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RestoresRNG(L.LightningModule):
+    """A LightningModule whose checkpoints carry `rng_state()`: a resumed run draws the same
+    dropout masks as the uninterrupted one (pretraining and fine-tuning modules)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint:
+            set_rng_state(checkpoint["rng_state"])
 
 
 @contextmanager

@@ -41,8 +41,8 @@ from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.data import load_task_data
 from lm_tasks.tokenizer import load_tokenizer
 from lm_tasks.training.callbacks import ResumableEarlyStopping, Throughput, profiler
-from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, load_checkpoint, rng_state,
-                                           set_rng_state, sigterm_between_steps)
+from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, RestoresRNG, load_checkpoint,
+                                           sigterm_between_steps)
 from lm_tasks.training.distributed import strategy
 from lm_tasks.training.optim import build_optimizer
 from lm_tasks.training.pruning import pruning_callbacks
@@ -50,7 +50,7 @@ from lm_tasks.training.pruning import pruning_callbacks
 log = logging.getLogger(__name__)
 
 
-class FinetuneModule(L.LightningModule):
+class FinetuneModule(RestoresRNG):
     """Backbone + task head; the adapter supplies the loss, predictions and metrics."""
 
     def __init__(self, model: nn.Module, adapter, task_cfg: TaskConfig):
@@ -84,13 +84,6 @@ class FinetuneModule(L.LightningModule):
             if isinstance(value, (int, float)):
                 self.log(f"val/{name}", float(value), prog_bar=name == self.task_cfg.monitor)
         self._predictions, self._references = [], []
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = rng_state()  # a resumed run draws the same dropout masks
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_state" in checkpoint:
-            set_rng_state(checkpoint["rng_state"])
 
     def configure_optimizers(self):
         groups = self.model.optimizer_groups(self.task_cfg.weight_decay)

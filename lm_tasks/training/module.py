@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
 from lm_tasks.config import OptimConfig
 from lm_tasks.models.io import build_config, build_model
-from lm_tasks.training.checkpoints import rng_state, set_rng_state
+from lm_tasks.training.checkpoints import RestoresRNG
 from lm_tasks.training.optim import build_optimizer
 
 
-class CausalLMModule(L.LightningModule):
+class CausalLMModule(RestoresRNG):
     """Next-token cross-entropy on packed blocks; logs loss, lr and bits per byte.
 
     `bytes_per_token` of the validation split turns the mean loss in nats per
@@ -52,13 +51,6 @@ class CausalLMModule(L.LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/bpb", loss / math.log(2) / self.bytes_per_token, prog_bar=True)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = rng_state()  # a resumed run draws the same dropout masks
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_state" in checkpoint:
-            set_rng_state(checkpoint["rng_state"])
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(

@@ -165,15 +165,13 @@ def eval_text_hashes(texts) -> np.ndarray:
 
 
 def contamination_reason_batch(batch: dict, index: NgramIndex, eval_hashes: np.ndarray) -> dict:
-    reasons = []
-    for text in batch["text"]:
-        h = np.uint64(xxhash.xxh3_64_intdigest(text.encode("utf-8")))
-        found = np.searchsorted(eval_hashes, h) if len(eval_hashes) else 0
-        if found < len(eval_hashes) and eval_hashes[found] == h:
-            reasons.append("equals_eval_text")
-        else:
-            reasons.append("shares_eval_ngram" if index.contains_any(text) else "")
-    return {"_reason": reasons}
+    texts = batch["text"]
+    hashes = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in texts), dtype=np.uint64,
+                         count=len(texts))
+    at = np.minimum(np.searchsorted(eval_hashes, hashes), max(len(eval_hashes) - 1, 0))
+    equal = eval_hashes[at] == hashes if len(eval_hashes) else np.zeros(len(texts), dtype=bool)
+    shares = index.contaminated(texts)
+    return {"_reason": np.where(equal, "equals_eval_text", np.where(shares, "shares_eval_ngram", "")).tolist()}
 
 
 # --- the steps -----------------------------------------------------------------------

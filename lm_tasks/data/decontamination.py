@@ -13,7 +13,7 @@ lower bound GPT-3 used for its per-task n) are skipped: phrases that short appea
 unrelated text by chance.
 
 The index is a sorted numpy array of 64-bit gram hashes (lm_tasks/data/words.py: a
-polynomial over the words' xxhash64 values), 8 bytes a gram. It
+polynomial over the words' 64-bit hashes), 8 bytes a gram. It
 pickles as that one buffer, so `datasets` fingerprints `fn_kwargs={"index": index}`
 at memory speed (about 80 ms for 10 million grams) once per `map` call, and worker
 processes receive it quickly.
@@ -21,14 +21,16 @@ processes receive it quickly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import islice
 
 import numpy as np
 
-from lm_tasks.data.words import gram_hashes, normalized_words, word_hashes
+from lm_tasks.data.words import batch_gram_hashes, batch_word_hashes, gram_hashes
 
 DEFAULT_NGRAM = 13
 DEFAULT_MIN_WORDS = 8
+_BATCH = 1000  # texts hashed at once
 
 
 class NgramIndex:
@@ -38,13 +40,14 @@ class NgramIndex:
         if not 1 <= min_words <= n:
             raise ValueError(f"need 1 <= min_words <= n, got min_words={min_words}, n={n}")
         parts, short_lengths = [], set()
-        for text in texts:
-            words = word_hashes(normalized_words(text))
-            if len(words) >= n:
-                parts.append(gram_hashes(words, n))
-            elif len(words) >= min_words:
-                parts.append(gram_hashes(words, len(words)))  # the whole text as one gram
-                short_lengths.add(len(words))
+        texts = iter(texts)
+        while batch := list(islice(texts, _BATCH)):
+            words, offsets = batch_word_hashes(batch)
+            parts.append(batch_gram_hashes(words, offsets, n)[0])
+            lengths = np.diff(offsets)
+            for i in np.flatnonzero((lengths >= min_words) & (lengths < n)):  # the whole text as one gram
+                parts.append(gram_hashes(words[offsets[i]:offsets[i + 1]], lengths[i]))
+                short_lengths.add(int(lengths[i]))
         self.n = n
         self.min_words = min_words
         self.short_lengths = tuple(sorted(short_lengths))  # gram lengths below n that occur
@@ -59,17 +62,34 @@ class NgramIndex:
 
     def contains_any(self, text: str | None) -> bool:
         """Whether `text` contains any indexed gram: an n-gram, or a whole short evaluation text."""
+        return bool(self.contaminated([text])[0])
+
+    def contaminated(self, texts: Sequence[str | None]) -> np.ndarray:
+        """`contains_any` of every text, for a batch at once (one boolean per text)."""
+        found = np.zeros(len(texts), dtype=bool)
         if not len(self.grams):
-            return False
-        words = word_hashes(normalized_words(text))
+            return found
+        flags = self._filter()
+        shift = np.uint64(64 - (len(flags).bit_length() - 1))
+        words, offsets = batch_word_hashes(texts)
         for length in (self.n, *self.short_lengths):
-            if len(words) < length:
-                continue
-            hashes = gram_hashes(words, length)
-            found = np.minimum(np.searchsorted(self.grams, hashes), len(self.grams) - 1)
-            if np.any(self.grams[found] == hashes):
-                return True
-        return False
+            grams, text = batch_gram_hashes(words, offsets, length)
+            maybe = np.flatnonzero(flags[grams >> shift])
+            grams, text = grams[maybe], text[maybe]
+            at = np.minimum(np.searchsorted(self.grams, grams), len(self.grams) - 1)
+            found[text[self.grams[at] == grams]] = True
+        return found
+
+    def _filter(self) -> np.ndarray:
+        """One flag per value of a gram hash's top bits (2^16 to 2^25 flags, about 16 per indexed
+        gram), set where an indexed gram has them: a lookup in a few MB rules out nearly every
+        training gram before the binary search (a random access into the whole index, which is
+        what costs). Made on first use in each process; never pickled."""
+        if getattr(self, "_flags", None) is None:
+            bits = int(np.clip(np.ceil(np.log2(16 * len(self.grams) + 1)), 16, 25))
+            self._flags = np.zeros(1 << bits, dtype=bool)
+            self._flags[self.grams >> np.uint64(64 - bits)] = True
+        return self._flags
 
 
 def _restore_index(grams: np.ndarray, n: int, min_words: int, short_lengths: tuple[int, ...]) -> NgramIndex:

@@ -3,8 +3,8 @@
 How it works, top to bottom:
 
 1. Every document becomes a set of word shingles (n-grams of lowercased words with
-   punctuation stripped), each hashed to 64 bits (a polynomial over the words' xxhash
-   values, lm_tasks/data/words.py).
+   punctuation stripped), each hashed to 64 bits (a polynomial over the words' hashes,
+   lm_tasks/data/words.py, computed for a whole batch of documents at once).
 2. `minhash_batch` turns the set into `num_perm` MinHash values, the minima of
    `num_perm` random permutations h(x) = m*x + c mod 2^32 (m odd) of the hashes' low
    32 bits. The shingle hashes are already uniformly spread, so these cheap
@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 from datasets import Dataset, Features, List, Value
 
 from lm_tasks.data.mapping import LocalMap
-from lm_tasks.data.words import gram_hashes, normalized_words, word_hashes
+from lm_tasks.data.words import batch_gram_hashes, batch_word_hashes, gram_hashes, mix64, normalized_words
 
 # 3-word shingles: replacing 5% of the words destroys up to 3 shingles per replaced
 # word, so a copy keeps Jaccard ~0.75 with its original (5-word shingles: ~0.63;
@@ -128,8 +127,23 @@ def _hash_functions(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def shingle_hashes(text: str | None, shingle_size: int) -> np.ndarray:
     """The 64-bit hash of every shingle of `text` (lm_tasks/data/words.py); a text with
     fewer words than `shingle_size` is one shingle. Repeats are kept: they cannot change a minimum."""
-    words = word_hashes(normalized_words(text))
-    return gram_hashes(words, min(shingle_size, len(words)))
+    return batch_shingle_hashes([text], shingle_size)[0]
+
+
+def batch_shingle_hashes(texts: list[str | None], shingle_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, bounds): `shingle_hashes` of every text, concatenated; text i's are
+    hashes[bounds[i]:bounds[i + 1]], never empty."""
+    words, offsets = batch_word_hashes(texts)
+    lengths = np.diff(offsets)
+    grams, _ = batch_gram_hashes(words, offsets, shingle_size)
+    short = np.flatnonzero(lengths < shingle_size)  # one shingle of all its words (hash 0 for none)
+    bounds = np.r_[0, np.cumsum(np.where(lengths < shingle_size, 1, lengths - shingle_size + 1))]
+    hashes = np.empty(bounds[-1], dtype=np.uint64)
+    long_slots = np.ones(len(hashes), dtype=bool)
+    long_slots[bounds[short]] = False
+    hashes[long_slots] = grams
+    hashes[bounds[short]] = [gram_hashes(words[offsets[i]:offsets[i + 1]], lengths[i])[0] for i in short]
+    return hashes, bounds
 
 
 def minhash(text: str | None, num_perm: int, shingle_size: int, seed: int) -> np.ndarray:
@@ -139,7 +153,13 @@ def minhash(text: str | None, num_perm: int, shingle_size: int, seed: int) -> np
 
 def signatures(hashes: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
     """The MinHash signatures (one row of `num_perm` uint32 values each) of documents given
-    by their shingle hashes (of which the low 32 bits are used).
+    by their shingle hashes (of which the low 32 bits are used)."""
+    flat = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+    return _signatures(flat, np.cumsum([0] + [len(h) for h in hashes]), num_perm, seed)
+
+
+def _signatures(hashes: np.ndarray, bounds: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """`signatures` of the documents whose shingles are hashes[bounds[i]:bounds[i + 1]].
 
     All documents' hashes go through the hash functions together, `_ROWS_AT_ONCE`
     shingles at a time (so the work array stays in the CPU cache and the Python
@@ -147,9 +167,8 @@ def signatures(hashes: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray
     function, so that `minimum.reduceat` takes each document's minimum along contiguous memory.
     """
     m, c = _hash_functions(num_perm, seed)
-    bounds = np.cumsum([0] + [len(h) for h in hashes])  # document i: shingles bounds[i]:bounds[i + 1], never empty
-    x = np.concatenate(hashes).astype(np.uint32) if hashes else np.zeros(0, dtype=np.uint32)
-    out = np.full((num_perm, len(hashes)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    x = hashes.astype(np.uint32)
+    out = np.full((num_perm, len(bounds) - 1), np.iinfo(np.uint32).max, dtype=np.uint32)
     for start in range(0, len(x), _ROWS_AT_ONCE):
         stop = min(start + _ROWS_AT_ONCE, len(x))
         first, last = np.searchsorted(bounds, [start, stop - 1], side="right") - 1  # documents in the chunk
@@ -163,19 +182,27 @@ def signatures(hashes: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray
 
 def minhash_batch(batch: dict, num_perm: int, shingle_size: int, seed: int) -> dict:
     """Batched `Dataset.map` function: `{"_minhash": [uint32 array of num_perm values per text]}`."""
-    return {"_minhash": list(signatures([shingle_hashes(t, shingle_size) for t in batch["text"]], num_perm, seed))}
+    return {"_minhash": list(_signatures(*batch_shingle_hashes(batch["text"], shingle_size), num_perm, seed))}
 
 
 def signature_batch(batch: dict, num_perm: int, shingle_size: int, seed: int, bands: int, rows: int) -> pa.Table:
-    """The signatures (`_minhash`) plus one column per LSH band holding the xxhash of that
+    """The signatures (`_minhash`) plus one column per LSH band holding a 64-bit hash of that
     band's values, as an Arrow table (no conversion to Python objects on the way to disk)."""
-    sigs = signatures([shingle_hashes(t, shingle_size) for t in batch["text"]], num_perm, seed)
+    sigs = _signatures(*batch_shingle_hashes(batch["text"], shingle_size), num_perm, seed)
     columns = {"_minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1)), num_perm)}
     for band in range(bands):
-        values = np.ascontiguousarray(sigs[:, band * rows:(band + 1) * rows])  # each row: the band's bytes
-        columns[f"_band_{band}"] = pa.array(np.fromiter(map(xxhash.xxh64_intdigest, values), dtype=np.uint64,
-                                                        count=len(values)))
+        columns[f"_band_{band}"] = pa.array(band_hashes(sigs[:, band * rows:(band + 1) * rows]))
     return pa.table(columns)
+
+
+def band_hashes(values: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of uint32 `values` (one document's band): the values folded
+    in one at a time through `mix64`. A collision only makes a false candidate pair, which
+    the signature comparison then rejects."""
+    h = np.full(len(values), len(values[0]) if len(values) else 0, dtype=np.uint64)
+    for column in values.T:
+        h = mix64(h ^ column.astype(np.uint64))
+    return h
 
 
 class _UnionFind:

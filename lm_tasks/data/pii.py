@@ -67,12 +67,13 @@ _PHONE = re.compile(
     r")(?![\w/]|[.-]\d)"
 )
 _NOT_DIGIT = re.compile(r"\D")
-# Cheap tests run before the patterns. Every accepted phone number holds two adjacent
-# digits: 8 or more digits (international) cannot be spread one per group over the
-# country code and at most 6 groups, and the other shapes start with 3 digits or "0"
-# and a digit.
-_DIGIT_DOT_DIGIT = re.compile(r"\d\.\d")
-_TWO_DIGITS = re.compile(r"\d\d")
+# Cheap tests run before the patterns (which try every position of the text and cost
+# several times more). Every IPv4 address holds `_IPV4_SHAPE`; every accepted phone
+# number holds a digit, one separator and a digit (the North American and national
+# shapes), or "+" and a digit (international).
+_IPV4_SHAPE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_DIGIT_SEPARATOR_DIGIT = re.compile(r"\d[ ./-]\d")
+_PLUS_DIGIT = re.compile(r"\+[1-9]")
 
 
 def _is_ipv6(candidate: str) -> bool:
@@ -121,12 +122,13 @@ def scrub_pii(text: str, kinds: Iterable[str] = KINDS) -> tuple[str, dict[str, i
     # Cheap substring tests skip the patterns that cannot match, the common case.
     if "email" in kinds and "@" in text:
         text, counts["email"] = _replace(_EMAIL, text, PLACEHOLDERS["email"])
+    numbers = ("ip" in kinds or "phone" in kinds) and _DIGIT_SEPARATOR_DIGIT.search(text)
     if "ip" in kinds:
-        if _DIGIT_DOT_DIGIT.search(text):  # in every IPv4 address
+        if numbers and _IPV4_SHAPE.search(text):
             text, counts["ip"] = _replace(_IPV4, text, PLACEHOLDERS["ip"])
         if "::" in text or text.count(":") >= 7:
             text, found = _replace(_IPV6, text, PLACEHOLDERS["ip"], _is_ipv6)
             counts["ip"] += found
-    if "phone" in kinds and _TWO_DIGITS.search(text):  # in every phone number accepted
+    if "phone" in kinds and (numbers or ("+" in text and _PLUS_DIGIT.search(text))):
         text, counts["phone"] = _replace(_PHONE, text, PLACEHOLDERS["phone"], _is_phone)
     return text, counts

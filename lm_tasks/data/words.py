@@ -1,43 +1,134 @@
 """Normalised words and hashed word n-grams, shared by near-duplicate removal and
-decontamination.
+decontamination, computed for a whole batch of texts at once.
 
-Words are lowercased with punctuation removed ("Don't stop." -> ["dont", "stop"]). A
-word's hash is its 64-bit xxhash; an n-gram's hash is a polynomial over its words'
-hashes, computed for every n-gram of a text at once with numpy. Hashing each word
-once (with a cache: a few thousand frequent words make up most of any text) is much
-cheaper than hashing every n-gram's string.
+Words are lowercased with punctuation removed ("Don't stop." -> ["dont", "stop"]).
+
+A word's hash is a polynomial over its UTF-8 bytes, (b_0 + 1)·P^(k-1) + ... + (b_(k-1) + 1)
+modulo 2^64, passed through the splitmix64 finaliser so that every bit depends on every
+byte. The polynomial of every word of a batch comes from one prefix sum over the batch's
+bytes (P is odd, so it has an inverse modulo 2^64, and the hash of bytes s..e is
+P^e · (S[e] - S[s-1]) with S[i] = sum over k <= i of (b_k + 1)·P^-k): a handful of numpy
+passes instead of a Python call per word. An n-gram's hash is a polynomial over its
+words' hashes, computed for every n-gram of the batch at once; n-grams that would run
+across two texts are left out.
+
+`word_hash` is the same function for one word in plain Python: the definition the
+vectorised code is tested against.
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from collections.abc import Sequence
 
 import numpy as np
-import xxhash
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _ASCII_PUNCTUATION = bytes(c for c in range(0x80) if _PUNCTUATION.match(chr(c)))
+# The ASCII bytes `str.split` cuts at (after normalisation non-ASCII whitespace is gone: see `_normalized`).
+_IS_SPACE = np.array([c < 0x80 and chr(c).isspace() for c in range(256)])
+_LOW_64 = (1 << 64) - 1
 # Odd, so multiplying by it permutes 64-bit values: no two word sequences collide systematically.
 _MULTIPLIER = np.uint64(0x100000001B3)
+_BYTE_BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
+_BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 1 << 64)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
 def normalized_words(text: str | None) -> list[str]:
     """Lowercased words with punctuation removed ("Don't stop." -> ["dont", "stop"])."""
+    return _normalized(text).split()
+
+
+def _normalized(text: str | None) -> str:
+    """`text` lowercased without punctuation, its words separated by ASCII whitespace only."""
     text = (text or "").lower()
     if text.isascii():  # the same, several times faster: bytes.translate deletes what the regex would
-        return text.encode("ascii").translate(None, _ASCII_PUNCTUATION).decode("ascii").split()
-    return _PUNCTUATION.sub("", text).split()
+        return text.encode("ascii").translate(None, _ASCII_PUNCTUATION).decode("ascii")
+    return " ".join(_PUNCTUATION.sub("", text).split())
 
 
-# 65,536 words (about 13 MB per process) cover nearly every running word of a corpus.
-@lru_cache(maxsize=1 << 16)
 def word_hash(word: str) -> int:
-    return xxhash.xxh64_intdigest(word.encode("utf-8"))
+    """The 64-bit hash of one normalised word (the reference for `batch_word_hashes`)."""
+    h = 0
+    for byte in word.encode("utf-8"):
+        h = (h * _BYTE_BASE + byte + 1) & _LOW_64
+    h ^= h >> 30
+    h = (h * int(_MIX[0])) & _LOW_64
+    h ^= h >> 27
+    h = (h * int(_MIX[1])) & _LOW_64
+    return h ^ (h >> 31)
+
+
+def batch_word_hashes(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): the hashes of every normalised word of every text, in order;
+    text i's words are hashes[offsets[i]:offsets[i + 1]]."""
+    encoded = [_normalized(text).encode("utf-8") for text in texts]
+    data = np.frombuffer(b" ".join(encoded), dtype=np.uint8)
+    if not len(data):
+        return np.zeros(0, dtype=np.uint64), np.zeros(len(encoded) + 1, dtype=np.int64)
+    space = _IS_SPACE[data]
+    letter = ~space
+    starts = np.flatnonzero(letter & np.r_[True, space[:-1]])
+    ends = np.flatnonzero(letter & np.r_[space[1:], True])  # the last byte of each word
+    text_starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]]) if encoded else np.zeros(0, dtype=np.int64)
+    offsets = np.r_[np.searchsorted(starts, text_starts), len(starts)].astype(np.int64)
+    return _polynomial_hashes(data, starts, ends), offsets
+
+
+def _polynomial_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The mixed byte polynomial of each run data[starts[i]:ends[i] + 1] (wrapping uint64
+    arithmetic), for the words of about `_CHUNK` bytes at a time: the prefix sums and the
+    tables of powers stay small whatever the size of the batch."""
+    out = np.empty(len(starts), dtype=np.uint64)
+    first_words = np.unique(np.searchsorted(starts, np.arange(0, len(data), _CHUNK)))
+    for a, b in zip(first_words, np.r_[first_words[1:], len(starts)]):
+        if a == b:
+            continue
+        base = starts[a]
+        region = data[base:ends[b - 1] + 1]
+        s, e = starts[a:b] - base, ends[a:b] - base
+        powers, inverse_powers = _powers(len(region))
+        prefix = np.zeros(len(region) + 1, dtype=np.uint64)
+        np.cumsum((region.astype(np.uint64) + np.uint64(1)) * inverse_powers, out=prefix[1:])
+        out[a:b] = powers[e] * (prefix[e + 1] - prefix[s])
+    return mix64(out)
+
+
+def mix64(h: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, in place: a bijection of uint64 whose every output bit depends on every input bit."""
+    h ^= h >> np.uint64(30)
+    h *= _MIX[0]
+    h ^= h >> np.uint64(27)
+    h *= _MIX[1]
+    h ^= h >> np.uint64(31)
+    return h
+
+
+_CHUNK = 1 << 19
+_POWER_CACHE: list[np.ndarray] = []
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i modulo 2^64 for i < n: slices of a table of 2 * `_CHUNK` (16 MB, made
+    once per process); a longer run (one word of more than `_CHUNK` bytes) gets its own."""
+    def table(size: int) -> list[np.ndarray]:
+        powers = [np.full(size, base, dtype=np.uint64) for base in (_BYTE_BASE, _BYTE_BASE_INVERSE)]
+        for p in powers:
+            p[0] = 1
+            np.multiply.accumulate(p, out=p)
+        return powers
+
+    if n > 2 * _CHUNK:
+        return tuple(table(n))
+    if not _POWER_CACHE:
+        _POWER_CACHE[:] = table(2 * _CHUNK)
+    return _POWER_CACHE[0][:n], _POWER_CACHE[1][:n]
 
 
 def word_hashes(words: list[str]) -> np.ndarray:
-    return np.fromiter(map(word_hash, words), dtype=np.uint64, count=len(words))
+    """The hashes of words that are already normalised."""
+    return batch_word_hashes([" ".join(words)])[0]
 
 
 def gram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
@@ -48,3 +139,14 @@ def gram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     for j in range(n if count > 0 else 0):
         grams = grams * _MULTIPLIER + hashes[j:j + count]
     return grams
+
+
+def batch_gram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(grams, text): the hash of every run of n words inside one text of a batch (from
+    `batch_word_hashes`), in order, and the index of the text each belongs to."""
+    lengths = np.diff(offsets)
+    text_of_word = np.repeat(np.arange(len(lengths)), lengths)
+    grams = gram_hashes(hashes, n)
+    first = np.arange(len(grams))
+    inside = first + n <= offsets[1:][text_of_word[:len(grams)]]
+    return grams[inside], text_of_word[:len(grams)][inside]

@@ -6,13 +6,12 @@ import random
 
 import numpy as np
 import pytest
-import xxhash
 from datasets import Dataset
 
 from lm_tasks.data import near_dedup
 from lm_tasks.data.near_dedup import DEFAULT_NUM_PERM, DEFAULT_SHINGLE_SIZE, DEFAULT_THRESHOLD, NearDedupResult
 from lm_tasks.data.near_dedup import find_near_duplicates, lsh_bands, minhash_batch, shingles
-from lm_tasks.data.words import normalized_words
+from lm_tasks.data.words import normalized_words, word_hash
 
 VOCABULARY = [f"w{i}" for i in range(3000)]
 
@@ -93,7 +92,7 @@ def test_signatures_are_minima_of_the_hash_functions(monkeypatch):
     def shingle_hash(words: list[str]) -> int:
         h = 0
         for word in words:
-            h = (h * 0x100000001B3 + xxhash.xxh64_intdigest(word.encode())) % 2 ** 64
+            h = (h * 0x100000001B3 + word_hash(word)) % 2 ** 64
         return h % 2 ** 32
 
     for text, sig in zip(texts, near_dedup.signatures([near_dedup.shingle_hashes(t, 3) for t in texts], 16, 0)):

@@ -18,7 +18,8 @@ to `--corpus-dir` unless already there) with the default cleaning, each size in 
 subprocess, and reports MB/s and peak memory of the whole process tree (the stage and
 its `num_proc` workers): the largest sum of RSS seen while sampling every 0.1 s, and the
 largest single process (`ru_maxrss`). RSS counts the pages of memory-mapped Arrow files
-that are resident, so it is an upper bound on the memory the stage needs.
+that are resident, so it is an upper bound on the memory the stage needs; the anonymous
+part (RSS minus file-backed pages, sampled the same way) is what it holds.
 """
 
 from __future__ import annotations
@@ -64,24 +65,32 @@ def measure_size(corpus: Path, num_proc: int, extra: tuple[str, ...] = ()) -> di
                  f"data.num_proc={num_proc}", *extra]
     child = psutil.Popen([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=subprocess.PIPE,
                          text=True)
-    peak_tree = 0
+    peak_tree = peak_tree_anon = peak_process_anon = 0
     while child.poll() is None:  # the sum over the tree: workers run at the same time as the parent
-        peak_tree = max(peak_tree, _tree_rss(child))
+        sizes = _tree_memory(child)
+        peak_tree = max(peak_tree, sum(rss for rss, _ in sizes))
+        peak_tree_anon = max(peak_tree_anon, sum(anon for _, anon in sizes))
+        peak_process_anon = max([peak_process_anon, *(anon for _, anon in sizes)])
         time.sleep(0.1)
     if child.returncode:
         raise RuntimeError(f"the data stage failed on {corpus} (exit code {child.returncode})")
     result = json.loads(child.stdout.read().strip().splitlines()[-1])
-    return {**result, "mb_per_sec": result["bytes_in"] / 1e6 / result["seconds"], "peak_tree_rss_mb": peak_tree / 2**20}
+    return {**result, "mb_per_sec": result["bytes_in"] / 1e6 / result["seconds"], "peak_tree_rss_mb": peak_tree / 2**20,
+            "peak_tree_anon_mb": peak_tree_anon / 2**20, "max_process_anon_mb": peak_process_anon / 2**20}
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
+def _tree_memory(process: psutil.Process) -> list[tuple[int, int]]:
+    """(RSS, anonymous RSS) of each process of the tree. RSS also counts the resident pages of
+    memory-mapped files (the Arrow files), which the kernel drops under pressure; anonymous
+    memory (RSS minus file-backed and shared pages) is what the processes really hold."""
+    sizes = []
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_info()
         except psutil.Error:  # ended between listing and reading
-            pass
-    return total
+            continue
+        sizes.append((info.rss, info.rss - info.shared))
+    return sizes
 
 
 def scaling(args) -> None:
@@ -94,7 +103,8 @@ def scaling(args) -> None:
             write_corpus(corpus, int(mb * 1e6), Path(args.data_root))
         results[f"{mb:g}"] = r = measure_size(corpus, args.num_proc)
         print(f"{mb:>6g} MB: {r['seconds']:8.1f} s {r['mb_per_sec']:6.2f} MB/s  peak RSS: tree "
-              f"{r['peak_tree_rss_mb']:,.0f} MB, largest process {r['max_process_rss_mb']:,.0f} MB  "
+              f"{r['peak_tree_rss_mb']:,.0f} MB, largest process {r['max_process_rss_mb']:,.0f} MB; anonymous: "
+              f"tree {r['peak_tree_anon_mb']:,.0f} MB, largest process {r['max_process_anon_mb']:,.0f} MB  "
               f"rows {r['rows_in']:,} -> {r['rows_out']:,}", flush=True)
     out = Path(args.out if args.out != DEFAULT_OUT else "outputs/benchmarks/data_scaling.json")
     out.parent.mkdir(parents=True, exist_ok=True)

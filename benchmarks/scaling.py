@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/scaling.py [--sizes 10,100,1000] [--presets tiny,small,gpt2_small]
                                            [--skip data,pretrain,cache,gpt2] [--out outputs/benchmarks/scaling]
 
-1. Data stage: MB/s of stage time and peak RSS (the stage's process and its workers) at each
+1. Data stage: MB/s of stage time, peak RSS and peak anonymous memory (RSS less the resident
+   pages of memory-mapped files; the stage's process and its workers) at each
    corpus size in MB with data.num_proc=2, on new documents recombined from real prose
    (benchmarks/prose_corpus.py, benchmarks/data_cleaning.py); at the middle size also with one
    process and on a local Dask cluster of 2 workers (data.executor=dask).
@@ -214,7 +215,8 @@ def data_stage(sizes_mb: list[float], corpus_dir: Path, data_root: Path) -> list
         r = measure_size(corpus, procs, extra)
         rows.append({"corpus_mb": mb, "how": "dask, 2 workers" if extra else f"{procs} process" + "es" * (procs > 1),
                      "seconds": r["seconds"], "mb_per_sec": r["mb_per_sec"], "peak_rss_mb": r["peak_tree_rss_mb"],
-                     "largest_process_mb": r["max_process_rss_mb"], "digest": r["digest"]})
+                     "largest_process_mb": r["max_process_rss_mb"], "peak_anon_mb": r["peak_tree_anon_mb"],
+                     "largest_process_anon_mb": r["max_process_anon_mb"], "digest": r["digest"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -236,7 +238,8 @@ def table(result: dict) -> str:
     for row in result.get("data", []):
         lines.append(f"| data stage, {row['corpus_mb']:,.0f} MB, {row['how']} | {row['mb_per_sec']:.2f} MB/s, "
                      f"{row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB (process tree), "
-                     f"{row['largest_process_mb']:,.0f} MB (largest process) |")
+                     f"{row['largest_process_mb']:,.0f} MB (largest process); anonymous memory "
+                     f"{row['peak_anon_mb']:,.0f} MB (tree), {row['largest_process_anon_mb']:,.0f} MB (largest process) |")
     peak = result.get("matmul_peak_gflops")
     for row in result.get("pretrain", []):
         mfu = row["tokens_per_sec"] * row["flops_per_token"] / (peak * 1e9) if peak else float("nan")

@@ -118,7 +118,7 @@ def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]]
 
 
 def _text_bytes(ds: Dataset) -> np.ndarray:
-    return pc.binary_length(pc.cast(ds.with_format("arrow")["text"], "binary")).to_numpy(zero_copy_only=False)
+    return pc.binary_length(ds.with_format("arrow")["text"]).to_numpy(zero_copy_only=False)
 
 
 def _split_off_validation(train: Dataset, val_ratio: float, seed: int) -> dict:

@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_dataset
 
 from lm_tasks.config import TASK_FIELDS, TaskConfig
 from lm_tasks.data.bounded import Oversized, csv_records, lines, starts_json_array
@@ -166,10 +166,37 @@ def _load_local(cfg: TaskConfig) -> DatasetDict:
     builder = builder_for(files)
     for path in (f for group in files.values() for f in group):
         check_record_sizes(path, TASK_MAX_RECORD_BYTES)
+    needed = sorted({column.split(".")[0] for column in d.columns.values()} | ({d.split_by} if d.split_by else set()))
+    return DatasetDict({split: _read_split(builder, paths, needed, cfg) for split, paths in files.items()})
+
+
+def _read_split(builder: str, paths: list[str], needed: list[str], cfg: TaskConfig) -> Dataset:
+    """One split's files. Each split is read on its own, so a test file with a column the
+    train file lacks is fine; when the files of one split disagree, each file is read alone
+    and only the columns the task uses (`needed`) must agree: a file missing one, or holding
+    it with another type, is an error naming the file and the column."""
     try:
-        return load_dataset(builder, data_files=files)
+        return load_dataset(builder, data_files={"rows": paths}, split="rows")
     except Exception as err:
-        raise DataSourceError(f"Could not read {files} as {builder}: {type(err).__name__}: {err}") from err
+        if len(paths) == 1:
+            raise DataSourceError(f"Could not read {paths[0]} as {builder}: {type(err).__name__}: {err}") from err
+    parts = []
+    for path in paths:
+        try:
+            part = load_dataset(builder, data_files={"rows": [path]}, split="rows")
+        except Exception as err:
+            raise DataSourceError(f"Could not read {path} as {builder}: {type(err).__name__}: {err}") from err
+        missing = [column for column in needed if column not in part.column_names]
+        if missing:
+            raise DataSourceError(f"{path} has no column '{missing[0]}', which finetune.{cfg.task}.data uses "
+                                  f"(its columns: {part.column_names}; {paths[0]} has the columns read first)")
+        part = part.select_columns(needed)
+        if parts and part.features != parts[0].features:
+            column = next(c for c in needed if part.features[c] != parts[0].features[c])
+            raise DataSourceError(f"Column '{column}' of {path} holds {part.features[column]}, but in {paths[0]} "
+                                  f"{parts[0].features[column]}; one split's files must agree on the columns used")
+        parts.append(part)
+    return concatenate_datasets(parts)
 
 
 def check_record_sizes(path: str, limit: int) -> None:

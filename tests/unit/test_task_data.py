@@ -156,3 +156,50 @@ def test_a_parquet_cell_past_the_limit_is_refused(tmp_path):
     pq.write_table(pa.table({"text": [f"row {i}" for i in range(10)] + ["a" * HUGE], "label": [0, 1] * 5 + [0]}), path)
     with pytest.raises(DataSourceError, match=r"train.parquet: a cell in rows 0..10 has 16,777,217 bytes"):
         check_record_sizes(str(path), TASK_MAX_RECORD_BYTES)
+
+
+def summarization_cfg(train: list, validation: list | None = None):
+    overrides = ["finetune=summarization", "finetune.summarization.data.source=local",
+                 f"finetune.summarization.data.train_files=[{','.join(map(str, train))}]",
+                 "finetune.summarization.data.columns.source=dialogue",
+                 "finetune.summarization.data.columns.target=summary"]
+    if validation:
+        overrides.append(f"finetune.summarization.data.validation_files=[{','.join(map(str, validation))}]")
+    return load_config(overrides).finetune["summarization"]
+
+
+def dialogues(n: int, **extra) -> list[dict]:
+    return [{"id": str(i), "dialogue": f"A: hello {i}\nB: hi", "summary": f"greeting {i}", **extra} for i in range(n)]
+
+
+def test_each_split_loads_on_its_own_columns(tmp_path):
+    """A validation file with a column the train file lacks (as some dialogue datasets ship)."""
+    train = write_jsonl(tmp_path / "train.jsonl", dialogues(12))
+    validation = write_jsonl(tmp_path / "validation.jsonl", dialogues(5, topic="greetings"))
+    data, _ = load_task_data(summarization_cfg([train], [validation]), seed=0)
+    assert (len(data["train"]), len(data["validation"])) == (12, 5)
+    assert data["validation"][0] == {"source": "A: hello 0\nB: hi", "target": "greeting 0"}
+
+
+def test_files_of_one_split_need_to_agree_only_on_the_columns_used(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", dialogues(6))
+    second = write_jsonl(tmp_path / "b.jsonl", dialogues(4, topic="greetings", turns=2))
+    validation = write_jsonl(tmp_path / "validation.jsonl", dialogues(3))
+    data, _ = load_task_data(summarization_cfg([first, second], [validation]), seed=0)
+    assert len(data["train"]) == 10 and data["train"][9]["target"] == "greeting 3"
+
+
+def test_a_file_missing_a_used_column_is_named(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", dialogues(6))
+    second = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "dialogue": "A: hi", "title": "no summary"}] * 3)
+    with pytest.raises(DataSourceError, match=rf"{second} has no column 'summary', which finetune.summarization"):
+        load_task_data(summarization_cfg([first, second]), seed=0)
+
+
+def test_a_used_column_of_another_type_names_file_and_column(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", [{"text": f"t {i}", "label": i % 2, "extra": 1} for i in range(6)])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"text": f"u {i}", "label": "pos"} for i in range(6)])
+    cfg = task_cfg("finetune.classification.data.source=local",
+                   f"finetune.classification.data.train_files=[{first},{second}]")
+    with pytest.raises(DataSourceError, match=rf"Column 'label' of {second} holds .*string.* but in {first}"):
+        load_task_data(cfg, seed=0)

@@ -60,7 +60,7 @@ def _write_parquet(ds: Dataset, path: Path) -> None:
     dictionary to be discarded)."""
     with pq.ParquetWriter(path, ds.features.arrow_schema, compression="zstd", use_dictionary=["source"]) as writer:
         for batch in ds.with_format("arrow").iter(batch_size=_BATCH_ROWS):
-            writer.write_table(batch)
+            writer.write_table(batch.combine_chunks())  # rows picked through an index come one chunk each
 
 
 def read_manifest(data_dir: str | Path) -> dict:

@@ -39,6 +39,7 @@ def _classify(char: str) -> int:
             | (BREAK if len(f"a{char}b".splitlines()) == 2 else 0))
 
 
+_ASCII_LOWER = bytes(c + 32 if 65 <= c <= 90 else c for c in range(256))
 _ASCII_CLASSES = bytes(_classify(chr(c)) if c < 0x80 else 0 for c in range(256))
 # Code point -> classes, `_UNCLASSIFIED` until a batch holds that character.
 _TABLE = np.full(0x110000, _UNCLASSIFIED, dtype=np.uint8)
@@ -58,18 +59,20 @@ class Batch:
         return (self.classes & bit).astype(bool)
 
 
-def encode(texts: Sequence[str]) -> Batch:
+def encode(texts: Sequence[str], lower_ascii: bool = False) -> Batch:
     """The bytes of `texts` and their classes (lone surrogates are encoded as they are,
-    as `surrogatepass` does: they are no letter and no space)."""
+    as `surrogatepass` does: they are no letter and no space). `lower_ascii`: with
+    A-Z lowercased, which is `str.lower` for ASCII text (one pass over the batch's bytes)."""
     encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
-    joined = b"\n".join(encoded)
-    data = np.frombuffer(joined + bytes(PADDING), dtype=np.uint8)
+    joined = bytearray(b"\n").join(encoded)  # a bytearray: what translate makes of it is writable
+    if lower_ascii:
+        joined = joined.translate(_ASCII_LOWER)
     classes = np.frombuffer(joined.translate(_ASCII_CLASSES), dtype=np.uint8)
+    ascii = joined.isascii()
+    joined += bytes(PADDING)
+    data = np.frombuffer(joined, dtype=np.uint8)
     starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]], dtype=np.int64)
-    non_ascii = np.zeros(0, dtype=np.int64)
-    if not joined.isascii():
-        classes = classes.copy()
-        non_ascii = _classify_non_ascii(data, classes)
+    non_ascii = np.zeros(0, dtype=np.int64) if ascii else _classify_non_ascii(data, classes)
     return Batch(data, classes, starts[:len(texts)], non_ascii)
 
 
@@ -101,12 +104,10 @@ def code_point_classes(code_points: np.ndarray) -> np.ndarray:
 
 def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends): the first and the last index of every run of True in `mask`."""
-    edges = np.flatnonzero(mask[1:] != mask[:-1]) + 1  # where a run starts or ends
-    if len(mask) and mask[0]:
-        edges = np.r_[0, edges]
-    if len(mask) and mask[-1]:
-        edges = np.r_[edges, len(mask)]
-    return edges[0::2], edges[1::2] - 1
+    framed = np.zeros(len(mask) + 2, dtype=bool)
+    framed[1:-1] = mask
+    edges = np.flatnonzero(framed[1:] != framed[:-1])  # where a run starts, and one past where it ends
+    return np.ascontiguousarray(edges[0::2]), edges[1::2] - 1  # contiguous: faster to index with
 
 
 def per_text(run_starts: np.ndarray, text_starts: np.ndarray) -> np.ndarray:

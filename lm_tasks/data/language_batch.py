@@ -72,30 +72,32 @@ def detect_languages(texts: Sequence[str]) -> list[str]:
     """`detect_language` of each text."""
     if not len(texts):
         return []
-    batch = chars.encode([text[:MAX_CHARS].lower() for text in texts])
+    # str.lower for the texts with a non-ASCII character; the others are lowercased as bytes.
+    batch = chars.encode([t[:MAX_CHARS] if t.isascii() else t[:MAX_CHARS].lower() for t in texts], lower_ascii=True)
     starts, ends = chars.runs(batch.mask(chars.LETTER))
     offsets = chars.per_text(starts, batch.starts)
     words = np.diff(offsets)
 
     # One unaligned 8-byte read at the start of every run, cut to the run's length.
-    keys = eight_byte_reads(batch.data)[starts] & _LOW_BYTES[np.minimum(ends - starts + 1, 9)]
+    keys = eight_byte_reads(batch.data)[starts] & _LOW_BYTES[np.minimum(ends - starts + 1, 9, dtype=np.int64)]
     word = _SLOTS[(keys * _MULTIPLIER) >> np.uint64(48)]
     hit = np.flatnonzero(_KEYS[word] == keys)
     tuples = _TUPLE_OF_KEY[word[hit]]
-    text = np.searchsorted(offsets, hit, side="right") - 1
+    text = np.repeat(np.arange(len(texts)), words)[hit]
 
     # (text, tuple) -> how often, and where first; then each text's tuples in first-seen order.
     pair = text * len(_TUPLES) + tuples
     counts = np.bincount(pair, minlength=len(texts) * len(_TUPLES)).reshape(len(texts), len(_TUPLES))
     first = np.full(len(texts) * len(_TUPLES), len(hit), dtype=np.int64)
     np.minimum.at(first, pair, np.arange(len(hit)))
-    order = np.argsort(first.reshape(len(texts), len(_TUPLES)), axis=1, kind="stable")
-    rows = np.arange(len(texts))
-    scores = np.zeros((len(texts), len(LANGUAGES)))
-    for rank in range(int((counts > 0).sum(axis=1).max())):  # the tuples after these are absent everywhere
-        tuple_ = order[:, rank]
-        scores += (counts[rows, tuple_] / _SIZES[tuple_])[:, None] * _MEMBERS[tuple_]
+    present = int((counts > 0).sum(axis=1).max())  # the tuples ranked after these are absent everywhere
+    order = np.argsort(first.reshape(len(texts), len(_TUPLES)), axis=1, kind="stable")[:, :present]
+    terms = np.take_along_axis(counts, order, axis=1) / _SIZES[order]  # count / k, tuple by tuple in order
+    # cumsum adds strictly left to right (a reduction might not): the last column is the reference's sum.
+    scores = np.cumsum(terms[:, :, None] * _MEMBERS[order], axis=1)[:, -1] if present else np.zeros(
+        (len(texts), len(LANGUAGES)))
     hits = counts @ _MEMBERS
+    rows = np.arange(len(texts))
 
     # sorted(..., reverse=True) keeps ties in LANGUAGES order: a stable sort of the negated scores.
     best, runner_up = np.argsort(-scores, axis=1, kind="stable")[:, :2].T

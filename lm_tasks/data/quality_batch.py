@@ -9,11 +9,13 @@ that do not continue a character. A signal is the same float as the reference's:
 computed from integer counts with the same single division (or subtraction), so
 no summation order is involved.
 
-Repeated lines and n-grams are found by hashing them as written (`words.run_hashes`,
-and for n-grams a polynomial over their words' hashes) and grouping equal hashes. Equal
-texts always hash alike, so nothing repeated is missed; then every member of a group is
-compared byte by byte with the group's first, so a hash collision cannot merge different
-lines or n-grams: a text where that happened gets its signal from quality.py instead.
+Repeated lines and n-grams are found by keying them as written (each word by
+`words.written_word_keys`, a line or an n-gram by a polynomial over its words' keys)
+and grouping equal keys. Equal lines and n-grams always get equal keys, so nothing
+repeated is missed; then every member of a group is compared byte by byte with the
+group's first, so a collision cannot merge different lines or n-grams: a text where one
+did gets that signal from quality.py instead (in practice never, short of a 64-bit
+collision or two lines with the same words but different spaces between them).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class _Signals:
     def __init__(self, texts: Sequence[str]):
         self.texts = texts
         self.batch = chars.encode(texts)
-        self.starts, self.ends = chars.runs(~self.batch.mask(chars.SPACE))  # words: first and last byte
+        self.starts, self.ends = chars.runs((self.batch.classes & chars.SPACE) == 0)  # words: first and last byte
         self.offsets = chars.per_text(self.starts, self.batch.starts)
         self.word_counts = np.diff(self.offsets)
 
@@ -197,12 +199,11 @@ class _Signals:
     def _covered_fraction(self, gram_first_words: np.ndarray, n: int) -> np.ndarray:
         """Characters of the words inside the n-grams starting at these words (each word
         counted once) / characters of all words, per text."""
-        count = len(self.starts) + n
-        depth = np.bincount(gram_first_words, minlength=count) - np.bincount(gram_first_words + n, minlength=count)
-        covered = np.flatnonzero(np.cumsum(depth)[:len(self.starts)])
-        characters = np.zeros(len(self.starts), dtype=np.int64)
-        characters[covered] = self.characters(self.starts[covered], self.ends[covered])
-        return _ratio(chars.sums(characters, self.offsets), self.text_chars)
+        covered = np.unique(np.add.outer(gram_first_words, np.arange(n)))
+        text = np.searchsorted(self.offsets, covered, side="right") - 1
+        characters = np.bincount(text, self.characters(self.starts[covered], self.ends[covered]),
+                                 minlength=len(self.texts))  # float64 sums of ints below 2^53: exact
+        return _ratio(characters.astype(np.int64), self.text_chars)
 
     def _any(self, bit: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Whether some byte lo[i]..hi[i] has class `bit`, for each (non-empty) range."""
@@ -239,7 +240,9 @@ class _Signals:
 def _tagged(hashes: np.ndarray, text: np.ndarray, texts: int) -> np.ndarray:
     """Keys that group items by text, then by hash: the text's index in the high bits."""
     bits = max(texts - 1, 1).bit_length()
-    return (text.astype(np.uint64) << np.uint64(64 - bits)) | (hashes >> np.uint64(bits))
+    keys = hashes >> np.uint64(bits)
+    keys |= text.astype(np.uint64) << np.uint64(64 - bits)
+    return keys
 
 
 def _repeats(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -167,7 +167,8 @@ def gram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     count = len(hashes) - n + 1
     grams = np.zeros(max(count, 0), dtype=np.uint64)
     for j in range(n if count > 0 else 0):
-        grams = grams * _MULTIPLIER + hashes[j:j + count]
+        grams *= _MULTIPLIER  # in place: no new array per word of the n-gram
+        grams += hashes[j:j + count]
     return grams
 
 

@@ -47,6 +47,8 @@ _INVISIBLE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
     "\ufeff\ufffd]"
 )
+# The ASCII characters `_INVISIBLE` keeps: what deleting them from ASCII text leaves, it would remove.
+_ASCII_VISIBLE = bytes(c for c in range(0x80) if not _INVISIBLE.match(chr(c)))
 _LINE_BREAKS = re.compile("\r\n|\r|\u2028|\u2029|\x85")
 _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
@@ -89,7 +91,8 @@ def normalize_text(text: str, unicode_form: str = "NFC") -> str:
     ascii_only = text.isascii()
     if not ascii_only or "\r" in text:
         text = _LINE_BREAKS.sub("\n", text)
-    text = _INVISIBLE.sub("", text)
+    if not ascii_only or text.encode("ascii").translate(None, _ASCII_VISIBLE):
+        text = _INVISIBLE.sub("", text)
     if not ascii_only:
         if unicode_form != "none":  # after removing invisibles: one between a letter and its accent blocks composing
             text = unicodedata.normalize(unicode_form, text)

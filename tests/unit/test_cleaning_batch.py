@@ -217,3 +217,9 @@ def test_clean_rows_batch_equals_the_row_by_row_pass(languages):
         kwargs = {"unicode_form": "NFC", "min_chars": 3, "max_chars": 50_000, "pii": ["email", "phone", "ip"],
                   "thresholds": thresholds, "languages": languages}
         assert clean_rows_batch(batch, **kwargs) == clean_rows_reference(batch, **kwargs)
+
+
+def test_normalisation_skips_the_invisible_pattern_only_when_it_cannot_match():
+    for c in range(0x80):  # an "é" sends the text through the pattern whatever it holds
+        text = f"x{chr(c)}y z{chr(c) * 3}w"
+        assert normalize_text(text) + "é" == normalize_text(text + "é"), c

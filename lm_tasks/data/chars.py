@@ -48,7 +48,7 @@ _TABLE[:0x80] = np.frombuffer(_ASCII_CLASSES[:0x80], dtype=np.uint8)
 
 @dataclass
 class Batch:
-    """A batch of texts as bytes: text i is data[starts[i]:starts[i] + lengths[i]]."""
+    """A batch of texts as bytes: text i starts at byte starts[i]; a "\\n" separates two texts."""
 
     data: np.ndarray  # uint8: the joined UTF-8 bytes, then `PADDING` zero bytes
     classes: np.ndarray  # uint8 per byte of the joined texts (the padding has none)

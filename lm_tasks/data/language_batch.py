@@ -9,8 +9,9 @@ different lengths differ): one lookup per run finds the function words, no strin
 The scores must be the same floats as the reference's, whose comparisons (and ties)
 depend on the order of the additions: the reference adds count / k (k: the languages
 listing a word) for each distinct tuple of languages, in the order the tuples first
-occur in the text. So do we, one tuple rank at a time for every text at once; a tuple
-absent from a text adds 0.0, which changes no sum. Hits are integer counts.
+occur in the text. So do we: every text's tuples are sorted by first occurrence and
+their terms added left to right by one cumulative sum for the whole batch (a tuple
+absent from a text adds 0.0, which changes no sum). Hits are integer counts.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _key(word: bytes) -> int:
 
 
 _WORDS = list(_LANGUAGES_OF)
-_KEYS = np.array([_key(w.encode("utf-8")) for w in _WORDS] + [_LOW_64], dtype=np.uint64)  # last: no word (0xFF is no UTF-8 byte)
+# The last key is no word's (0xFF is no UTF-8 byte): where empty slots point.
+_KEYS = np.array([_key(w.encode("utf-8")) for w in _WORDS] + [_LOW_64], dtype=np.uint64)
 _TUPLE_OF_KEY = np.array([_TUPLES.index(_LANGUAGES_OF[w]) for w in _WORDS] + [0], dtype=np.int64)
 # The low `length` bytes of an 8-byte read; none for a run longer than 8 bytes (no word's key is 0).
 _LOW_BYTES = np.r_[LOW_BYTES, np.uint64(0)]

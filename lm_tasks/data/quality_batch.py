@@ -114,7 +114,8 @@ class _Signals:
         starts, ends, offsets = self.lines
         text = np.repeat(np.arange(len(self.texts)), np.diff(offsets))
         members, first = _repeats(_tagged(self.line_keys, text, len(self.texts)))
-        collided = self._collided(text[members], self._equal(starts[members], ends[members], starts[first], ends[first]))
+        equal = self._equal(starts[members], ends[members], starts[first], ends[first])
+        collided = self._collided(text[members], equal)
         repeated = np.bincount(text[members[members != first]], minlength=len(self.texts))
         return _ratio(repeated, np.diff(offsets)), collided
 

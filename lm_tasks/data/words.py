@@ -14,6 +14,10 @@ across two texts are left out.
 
 `word_hash` is the same function for one word in plain Python: the definition the
 vectorised code is tested against.
+
+`written_word_keys` keys words as written (the words of the quality rules, lm_tasks/
+data/quality_batch.py) from two 8-byte reads each, several times cheaper than the
+polynomial; the quality rules compare the words of equal keys byte by byte anyway.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ _MULTIPLIER = np.uint64(0x100000001B3)
 _BYTE_BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
 _BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 1 << 64)
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+# The low n bytes of a little-endian 8-byte read, for n = 0..8.
+LOW_BYTES = np.array([(1 << 8 * n) - 1 for n in range(9)], dtype=np.uint64)
 
 
 def normalized_words(text: str | None) -> list[str]:
@@ -73,13 +79,17 @@ def batch_word_hashes(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarr
     ends = np.flatnonzero(letter & np.r_[space[1:], True])  # the last byte of each word
     text_starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]]) if encoded else np.zeros(0, dtype=np.int64)
     offsets = np.r_[np.searchsorted(starts, text_starts), len(starts)].astype(np.int64)
-    return _polynomial_hashes(data, starts, ends), offsets
+    return run_hashes(data, starts, ends), offsets
 
 
-def _polynomial_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The mixed byte polynomial of each run data[starts[i]:ends[i] + 1] (wrapping uint64
-    arithmetic), for the words of about `_CHUNK` bytes at a time: the prefix sums and the
-    tables of powers stay small whatever the size of the batch."""
+def run_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The hash of each run data[starts[i]:ends[i] + 1] (ascending, not overlapping) of an
+    array of bytes (`word_hash` of those bytes) or of other unsigned integers (lm_tasks/
+    data/quality_batch.py keys a line by its words' keys).
+
+    The mixed byte polynomial (wrapping uint64 arithmetic), for the runs of about `_CHUNK`
+    bytes at a time: the prefix sums and the tables of powers stay small whatever the
+    size of the batch."""
     out = np.empty(len(starts), dtype=np.uint64)
     first_words = np.unique(np.searchsorted(starts, np.arange(0, len(data), _CHUNK)))
     for a, b in zip(first_words, np.r_[first_words[1:], len(starts)]):
@@ -93,6 +103,26 @@ def _polynomial_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -
         np.cumsum((region.astype(np.uint64) + np.uint64(1)) * inverse_powers, out=prefix[1:])
         out[a:b] = powers[e] * (prefix[e + 1] - prefix[s])
     return mix64(out)
+
+
+def eight_byte_reads(data: np.ndarray) -> np.ndarray:
+    """reads[i]: bytes data[i:i + 8] as a little-endian integer, for every i up to the last 8
+    bytes (a strided view: nothing is copied). Pad `data` with 8 bytes to read at its end."""
+    return np.ndarray(len(data) - 7, dtype="<u8", buffer=data, strides=(1,))
+
+
+def written_word_keys(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A 64-bit key of each word data[starts[i]:ends[i] + 1] as written (`data`: uint8, padded
+    with 8 bytes): its first 8 bytes, and for a longer word also its last 8 bytes and its
+    length, mixed. Equal words always get equal keys. Different words share one by chance
+    (as 64-bit hashes do) or, beyond 16 bytes, by agreeing at both ends and in length;
+    users of the keys who must tell such words apart compare their bytes."""
+    length = ends - starts + 1
+    reads = eight_byte_reads(data)
+    keys = reads[starts] & LOW_BYTES[np.minimum(length, 8)]
+    long = np.flatnonzero(length > 8)
+    keys[long] ^= mix64(reads[ends[long] - 7] + length[long].astype(np.uint64))
+    return mix64(keys)
 
 
 def mix64(h: np.ndarray) -> np.ndarray:
@@ -137,16 +167,24 @@ def gram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     count = len(hashes) - n + 1
     grams = np.zeros(max(count, 0), dtype=np.uint64)
     for j in range(n if count > 0 else 0):
-        grams = grams * _MULTIPLIER + hashes[j:j + count]
+        grams *= _MULTIPLIER  # in place: no new array per word of the n-gram
+        grams += hashes[j:j + count]
     return grams
 
 
 def batch_gram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(grams, text): the hash of every run of n words inside one text of a batch (from
     `batch_word_hashes`), in order, and the index of the text each belongs to."""
-    lengths = np.diff(offsets)
-    text_of_word = np.repeat(np.arange(len(lengths)), lengths)
-    grams = gram_hashes(hashes, n)
-    first = np.arange(len(grams))
-    inside = first + n <= offsets[1:][text_of_word[:len(grams)]]
-    return grams[inside], text_of_word[:len(grams)][inside]
+    first, text = gram_starts(offsets, n)
+    return gram_hashes(hashes, n)[first], text
+
+
+def gram_starts(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, text): the index of the first word of every run of n words inside one text
+    (text i's words are offsets[i]:offsets[i + 1]), in order, and the text each belongs to."""
+    counts = np.maximum(np.diff(offsets) - n + 1, 0)
+    inside = np.ones(max(int(offsets[-1]) - n + 1, 0), dtype=bool)
+    for k in range(1, n):  # a text's last n - 1 words start no n-gram inside it
+        last = offsets[1:] - k
+        inside[last[(last >= offsets[:-1]) & (last < len(inside))]] = False
+    return np.flatnonzero(inside), np.repeat(np.arange(len(counts)), counts)

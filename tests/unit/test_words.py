@@ -1,6 +1,7 @@
-"""The batch word hashing of near-dedup and decontamination against its plain definition."""
+"""The batch word hashing of near-dedup, decontamination and the quality rules against its plain definition."""
 
 import random
+import re
 
 import numpy as np
 
@@ -41,3 +42,24 @@ def test_batch_grams_stay_inside_their_text():
     assert text.tolist() == [0, 0, 2]  # "three four five" and "six seven eight" run across texts: left out
     expected = [gram_hashes(hashes[offsets[i]:offsets[i + 1]], 3) for i in range(3)]
     assert (grams == np.concatenate(expected)).all()
+
+
+def test_gram_starts_are_the_n_grams_inside_one_text():
+    rng = random.Random(3)
+    for n in range(1, 7):
+        counts = [rng.choice([0, 1, 2, n - 1, n, n + 1, 20]) for _ in range(50)]
+        offsets = np.cumsum([0] + counts)
+        first, text = words.gram_starts(offsets, n)
+        expected = [(s, i) for i in range(len(counts)) for s in range(offsets[i], offsets[i + 1] - n + 1)]
+        assert list(zip(first.tolist(), text.tolist())) == expected
+
+
+def test_written_word_keys_depend_on_the_word_only():
+    texts = ["alpha beta alpha", "a" * 30 + " beta " + "a" * 30, "x" + "é" * 12 + " alpha"]
+    data = np.frombuffer(b"\n".join(t.encode() for t in texts) + bytes(8), dtype=np.uint8)
+    runs = [(m.start(), m.end() - 1) for m in re.finditer(rb"\S+", bytes(data[:-8]))]
+    keys = words.written_word_keys(data, *(np.array(x) for x in zip(*runs)))
+    by_word: dict[bytes, set] = {}
+    for (s, e), key in zip(runs, keys.tolist()):
+        by_word.setdefault(bytes(data[s:e + 1]), set()).add(key)
+    assert all(len(k) == 1 for k in by_word.values()) and len({k.pop() for k in by_word.values()}) == len(by_word)

@@ -54,3 +54,31 @@ def prefect_pool(prefect_api, tmp_path_factory) -> str:
     cli(["work-pool", "create", POOL, "--type", "process"],
         {**isolated_env(tmp_path_factory.mktemp("prefect-pool")), "PREFECT_API_URL": api_url})
     return api_url
+
+
+@pytest.fixture(scope="module")
+def prefect_harness(prefect_api):
+    """Flows called in this process (and the Dask workers they start) report to the session's
+    Prefect server, as under `prefect_test_harness`, without a temporary server per module
+    (10-20 s each on 2 cores)."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:  # what prefect_test_harness does on exit: nothing left to send later
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        yield
+        run_coro_as_sync(drain())

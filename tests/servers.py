@@ -200,8 +200,13 @@ def start_prefect(background: Background, tmp_path: Path, env: dict, server_env:
     from the repository; returns the environment that talks to that server."""
     client_env = start_prefect_server(background, tmp_path, env, server_env)
     cli(["work-pool", "create", POOL, "--type", "process"], client_env)
+    start_worker(background, tmp_path, client_env)
+    return client_env
+
+
+def start_worker(background: Background, tmp_path: Path, client_env: dict) -> None:
+    """A process worker of the `lm-tasks` pool (which must exist), started away from the repository."""
     worker_dir = tmp_path / "worker"
     worker_dir.mkdir(exist_ok=True)
     background.start("worker", PREFECT + ["worker", "start", "--pool", POOL, "--name", "test-worker"],
                      {**client_env, "PWD": str(worker_dir)}, worker_dir)
-    return client_env

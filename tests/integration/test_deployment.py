@@ -1,9 +1,10 @@
 """The lifecycle deployed from prefect.yaml and run by a process worker, through the real CLI.
 
-A throwaway `prefect server start` on a free local port, its own PREFECT_HOME, and
-LM_TASKS_ROOT in a temporary folder: nothing touches ~/.prefect or the repository's
-outputs/ and mlruns/. The worker starts outside the repository, so the run reaches the
-code only through the deployment's set_working_directory pull step.
+The session's throwaway `prefect server start` on a free local port (conftest's prefect_pool);
+the worker and the CLI with their own PREFECT_HOME, and LM_TASKS_ROOT in a temporary folder:
+nothing touches ~/.prefect or the repository's outputs/ and mlruns/. The worker starts outside
+the repository, so the run reaches the code only through the deployment's set_working_directory
+pull step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.servers import POOL, REPO, Background, api_get, cli, isolated_env, start_prefect
+from tests.servers import POOL, REPO, Background, api_get, cli, isolated_env, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +29,14 @@ LR = "0.0123"
 
 
 @pytest.fixture(scope="module")
-def prefect_stack(tmp_path_factory):
-    """A Prefect server, a process worker, and the lifecycle and data deployments."""
+def prefect_stack(tmp_path_factory, prefect_pool):
+    """A process worker on the session's Prefect server, and the lifecycle and data deployments."""
     tmp_path = tmp_path_factory.mktemp("prefect")
-    isolated = isolated_env(tmp_path)
+    env = {**isolated_env(tmp_path), "PREFECT_API_URL": prefect_pool}
     background = Background(tmp_path)
     try:
         # The worker starts away from the repository: the pull step must bring the run there.
-        env = start_prefect(background, tmp_path, isolated)
+        start_worker(background, tmp_path, env)
         # `{{ $PWD }}` in prefect.yaml is filled in from the shell's PWD at deploy time.
         cli(["deploy", "--name", "lm-lifecycle", "--name", "lm-data"], {**env, "PWD": str(REPO)}, cwd=REPO)
         yield env

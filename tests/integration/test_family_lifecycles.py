@@ -8,7 +8,6 @@ import pytest
 import torch
 from datasets import Dataset
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.common import run_cli
 from flows.lifecycle import lifecycle
@@ -25,9 +24,8 @@ pytestmark = pytest.mark.slow
 FAMILIES = ("ngram", "rnn", "lstm", "gru", "gpt")
 
 
-def test_one_sweep_over_the_families_gives_comparable_runs(smoke_overrides, smoke_cfg):
-    with prefect_test_harness(server_startup_timeout=120):
-        run_cli(lifecycle, ["-m", *smoke_overrides, f"model={','.join(FAMILIES)}"])
+def test_one_sweep_over_the_families_gives_comparable_runs(prefect_harness, smoke_overrides, smoke_cfg):
+    run_cli(lifecycle, ["-m", *smoke_overrides, f"model={','.join(FAMILIES)}"])
 
     mlflow.set_tracking_uri(smoke_cfg.tracking.tracking_uri)
     client = MlflowClient()

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from lm_tasks.config import load_config
 from lm_tasks.stages import run_finetune
 from tests.integration.test_finetune import small_pretrained_model
-from tests.integration.test_recovery import ROOT, finish, loss_by_step, runs_by_stage
+from tests.integration.test_recovery import ROOT, alongside, finish, loss_by_step, runs_by_stage
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +55,14 @@ def test_sigkill_mid_finetuning_resumes_with_identical_losses(smoke_overrides, t
     assert killed.info.status == "RUNNING"  # nothing could close it
 
     started = time.monotonic()
-    process = start_finetune(overrides, prefect_api)
-    output = finish(process)
-    print(f"resume after SIGKILL: {time.monotonic() - started:.1f} s")
-    assert process.returncode == 0, output
+    with alongside("flows.finetune", overrides, prefect_api, tmp_path / "resumed.log") as resumed_run:
+        # Meanwhile, the same fine-tuning, uninterrupted, in another store (compared below).
+        reference_cfg = load_config(["debug=smoke", f"paths.root_dir={tmp_path / 'reference'}", *FINETUNE,
+                                     f"init_from={model_dir}"])
+        reference = run_finetune(reference_cfg, "classification")
+        returncode, output = resumed_run()
+    print(f"resume after SIGKILL (the reference run alongside): {time.monotonic() - started:.1f} s")
+    assert returncode == 0, output
     assert "finetune classification: resuming from" in output and "continuing MLflow run" in output, output
 
     [finetune] = runs_by_stage(cfg)["finetune"]  # no second run
@@ -70,10 +74,7 @@ def test_sigkill_mid_finetuning_resumes_with_identical_losses(smoke_overrides, t
     after_kill = sorted(m.step for m in history if m.timestamp > killed_at_ms)
     assert after_kill and after_kill[0] in (10, 20), after_kill
 
-    # The same fine-tuning, uninterrupted, in another store: the same loss at every step.
-    reference_cfg = load_config(["debug=smoke", f"paths.root_dir={tmp_path / 'reference'}", *FINETUNE,
-                                 f"init_from={model_dir}"])
-    reference = run_finetune(reference_cfg, "classification")
+    # The uninterrupted fine-tuning: the same loss at every step.
     expected = loss_by_step(reference_cfg, reference.run_id)
     resumed = loss_by_step(cfg, finetune.info.run_id)
     # Steps the killed attempt had not yet sent may be missing; every step of the resumed one is there.

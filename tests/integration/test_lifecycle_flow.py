@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.common import run_cli
 from flows.lifecycle import lifecycle
@@ -26,12 +25,6 @@ from lm_tasks.stages import MissingStageError, find, pretrained_model, run_data,
 pytestmark = pytest.mark.slow
 
 STAGES = ("data", "tokenizer", "pretrain", "evaluate")
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def mlflow_client(cfg) -> MlflowClient:

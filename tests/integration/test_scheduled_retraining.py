@@ -1,7 +1,11 @@
 """Scheduled retraining as it really happens: prefect.yaml's `weekly-retrain` deployment,
-given a one-minute interval on a throwaway server, fires twice; a process worker runs each
+given a short interval on the session's throwaway server, fires twice; a process worker runs each
 firing; each run records its promotion decision. The second is served from the cache (only
 the refreshed data stage runs, and its output is unchanged) and leaves the champion as it was.
+
+One run at a time (a deployment concurrency limit of 1): a firing that comes due while the
+previous one still runs waits for it, so the second run starts right after the first ends,
+however long the first takes, instead of a fixed minute later.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.servers import REPO, Background, api_get, cli, isolated_env, start_prefect
+from tests.servers import REPO, Background, api_get, cli, isolated_env, start_worker
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "lifecycle/weekly-retrain"
 OVERRIDES = ["debug=smoke", "cache.refresh=data", "promotion.enabled=true"]
-INTERVAL = 60
+INTERVAL = 15
 TIMEOUT = 600
 
 
@@ -33,21 +37,24 @@ def flow_runs(api_url: str, deployment_id: str) -> list[dict]:
         return json.loads(response.read())
 
 
-def test_scheduled_retraining_fires_twice_and_the_second_changes_nothing(tmp_path: Path):
+def test_scheduled_retraining_fires_twice_and_the_second_changes_nothing(tmp_path: Path, prefect_pool):
+    # The server's scheduler looks for due schedules every 2 s instead of every minute; a run
+    # waiting for the deployment's concurrency slot tries again after 1 s instead of 30 (conftest).
     isolated = isolated_env(tmp_path)
+    api_url = prefect_pool
+    env = {**isolated, "PREFECT_API_URL": api_url}
     background = Background(tmp_path)
     try:
-        # The scheduler looks for due schedules every 2 s instead of every minute.
-        env = start_prefect(background, tmp_path, isolated,
-                            server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
-        api_url = env["PREFECT_API_URL"]
+        start_worker(background, tmp_path, env)
         anchor = (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()
         cli(["deploy", "--name", DEPLOYMENT, "--interval", str(INTERVAL), "--anchor-date", anchor,
-             "--params", json.dumps({"overrides": OVERRIDES})], {**env, "PWD": str(REPO)}, cwd=REPO)
+             "--concurrency-limit", "1", "--params", json.dumps({"overrides": OVERRIDES})],
+            {**env, "PWD": str(REPO)}, cwd=REPO)
         deployment = api_get(api_url, f"/deployments/name/{DEPLOYMENT}")
         # prefect.yaml's weekly cron, plus the interval given here (the cron will not fire during the test).
         kinds = sorted("cron" if "cron" in s["schedule"] else "interval" for s in deployment["schedules"])
         assert kinds == ["cron", "interval"] and all(s["active"] for s in deployment["schedules"])
+        assert deployment["global_concurrency_limit"]["limit"] == 1
 
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
@@ -62,6 +69,15 @@ def test_scheduled_retraining_fires_twice_and_the_second_changes_nothing(tmp_pat
         assert all(r["auto_scheduled"] and r["parameters"] == {"overrides": OVERRIDES} for r in (first, second))
     finally:
         background.stop_all()
+        # The server outlives this test: no more firings of its deployment.
+        request = urllib.request.Request(f"{api_url}/deployments/name/{DEPLOYMENT}", method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                deployment_id = json.loads(response.read())["id"]
+            urllib.request.urlopen(urllib.request.Request(f"{api_url}/deployments/{deployment_id}",
+                                                          method="DELETE"), timeout=10).close()
+        except OSError:  # never deployed
+            pass
 
     root = Path(isolated["LM_TASKS_ROOT"])
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.lifecycle import lifecycle
 from lm_tasks.promotion import PromotionError
@@ -14,12 +13,6 @@ from lm_tasks.promotion import PromotionError
 pytestmark = pytest.mark.slow
 
 MODEL = "lm-lifecycle-lm"
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def lifecycle_run(tracking_uri: str):

@@ -12,7 +12,6 @@ import pytest
 import torch
 from datasets import Dataset
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.data import data_flow
 from flows.finetune import finetune_flow
@@ -25,9 +24,8 @@ from lm_tasks.tokenizer import special_token_ids, train_tokenizer
 pytestmark = pytest.mark.slow
 
 
-def test_the_data_stage_runs_on_a_local_dask_cluster(smoke_overrides, smoke_cfg):
-    with prefect_test_harness(server_startup_timeout=120):
-        result = data_flow(overrides=smoke_overrides + ["runner=dask", "runner.n_workers=1"])
+def test_the_data_stage_runs_on_a_local_dask_cluster(prefect_harness, smoke_overrides, smoke_cfg):
+    result = data_flow(overrides=smoke_overrides + ["runner=dask", "runner.n_workers=1"])
     assert result["cached"] is False and result["metrics"]["data/train_rows"] > 0
     assert find(smoke_cfg, "data").digest == result["digest"]  # a local run now finds it in the cache
 
@@ -50,15 +48,15 @@ def tiny_model(tmp_path: Path, cfg) -> Path:
     return save_pretrained(model, tmp_path / "pretrained", tmp_path / "tok" / "tokenizer.json")
 
 
-def test_fine_tuning_tasks_run_concurrently_on_two_dask_workers(tmp_path, smoke_overrides, smoke_cfg):
+def test_fine_tuning_tasks_run_concurrently_on_two_dask_workers(prefect_harness, tmp_path, smoke_overrides,
+                                                                smoke_cfg):
     tasks = ["classification", "qa"]
     overrides = smoke_overrides + [f"finetune=[{','.join(tasks)}]", f"init_from={tiny_model(tmp_path, smoke_cfg)}",
                                    "runner=dask", "runner.n_workers=2", "finetune.qa.stride=4"]
     for task in tasks:
         overrides += [f"finetune.{task}.max_steps=2", f"finetune.{task}.val_check_interval=2",
                       f"finetune.{task}.data.max_rows=24"]
-    with prefect_test_harness(server_startup_timeout=120):
-        result = finetune_flow(overrides=overrides)
+    result = finetune_flow(overrides=overrides)
     assert list(result) == tasks and not any(r["cached"] for r in result.values())
 
     mlflow.set_tracking_uri(smoke_cfg.tracking.tracking_uri)

@@ -29,10 +29,10 @@ from tests.servers import MlflowServer
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTAGE_S = 40  # from the kill until the server answers again (its start included)
+OUTAGE_S = 25  # from the kill until the server answers again (its start included)
 LOG_EVERY = 10
 # A tiny model trained for a fixed time, long enough to go on after the server is back.
-TRAINING = ["debug=smoke", "trainer.max_steps=1000000", "trainer.max_minutes=1.0",
+TRAINING = ["debug=smoke", "trainer.max_steps=1000000", "trainer.max_minutes=0.75",
             f"trainer.log_every_n_steps={LOG_EVERY}", "trainer.val_check_interval=400",
             "trainer.checkpoint_every_n_steps=400"]
 PRETRAIN = """

@@ -48,13 +48,13 @@ def test_scheduled_retraining_fires_twice_and_the_second_changes_nothing(tmp_pat
         start_worker(background, tmp_path, env)
         anchor = (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()
         cli(["deploy", "--name", DEPLOYMENT, "--interval", str(INTERVAL), "--anchor-date", anchor,
-             "--concurrency-limit", "1", "--params", json.dumps({"overrides": OVERRIDES})],
+             "--params", json.dumps({"overrides": OVERRIDES})],
             {**env, "PWD": str(REPO)}, cwd=REPO)
         deployment = api_get(api_url, f"/deployments/name/{DEPLOYMENT}")
         # prefect.yaml's weekly cron, plus the interval given here (the cron will not fire during the test).
         kinds = sorted("cron" if "cron" in s["schedule"] else "interval" for s in deployment["schedules"])
         assert kinds == ["cron", "interval"] and all(s["active"] for s in deployment["schedules"])
-        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["global_concurrency_limit"]["limit"] == 1  # prefect.yaml: retrains never overlap
 
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:

@@ -32,6 +32,7 @@ import xxhash
 from datasets import Dataset, Features, Value
 
 from lm_tasks.config import CleaningConfig
+from lm_tasks.data.columns import column
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.language_batch import detect_languages
 from lm_tasks.data.mapping import LocalMap
@@ -326,7 +327,7 @@ def _by_reason(ds: Dataset, reasons, samples: int,
     """Rows and bytes per non-empty reason (`reasons`: an Arrow array aligned with ds) and the
     first `samples` of each with their provenance (`describe(index)` adds to a sample)."""
     marked = pc.not_equal(reasons, "")  # grouped after filtering: most rows have no reason
-    sums = pa.table({"reason": reasons, "n_bytes": ds.with_format("arrow")["n_bytes"]}).filter(marked).group_by(
+    sums = pa.table({"reason": reasons, "n_bytes": column(ds, "n_bytes")}).filter(marked).group_by(
         "reason").aggregate([("n_bytes", "sum"), ("n_bytes", "count")]).to_pylist()
     dropped = {s["reason"]: s["n_bytes_count"] for s in sums}
     dropped_bytes = {s["reason"]: s["n_bytes_sum"] for s in sums}
@@ -342,11 +343,11 @@ def _by_reason(ds: Dataset, reasons, samples: int,
 def column_values(ds: Dataset, name: str) -> np.ndarray:
     """A numeric column as one numpy array, read through Arrow (the numpy format would
     convert it row by row)."""
-    return ds.with_format("arrow")[name].to_numpy()
+    return column(ds, name).to_numpy()
 
 
 def _bytes(ds: Dataset) -> int:
-    return int(pc.sum(ds.with_format("arrow")["n_bytes"]).as_py() or 0) if len(ds) else 0
+    return int(pc.sum(column(ds, "n_bytes")).as_py() or 0) if len(ds) else 0
 
 
 def _value_counts(values) -> dict[str, int]:

@@ -30,6 +30,7 @@ from datasets import Dataset, DatasetDict
 from lm_tasks.config import DataConfig
 from lm_tasks.data.cleaning import (StepReport, clean_split, clean_text, column_values, decontaminate,
                                     eval_text_hashes)
+from lm_tasks.data.columns import column
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.mapping import DaskMap, LocalMap, dask_client
 from lm_tasks.data.report import build_report, write_report
@@ -118,7 +119,7 @@ def _decontaminate(cleaned: dict[str, Dataset], eval_texts: dict[str, list[str]]
 
 
 def _text_bytes(ds: Dataset) -> np.ndarray:
-    return pc.binary_length(ds.with_format("arrow")["text"]).to_numpy(zero_copy_only=False)
+    return pc.binary_length(column(ds, "text")).to_numpy(zero_copy_only=False)
 
 
 def _split_off_validation(train: Dataset, val_ratio: float, seed: int) -> dict:

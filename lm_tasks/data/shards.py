@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 
 from lm_tasks.artifacts import atomic_path, file_digest, read_json
+from lm_tasks.data.columns import column, rows
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -43,7 +44,7 @@ def shard_manifest(dataset: DatasetDict, out_dir: str | Path, shard_rows: int) -
                 part = ds.select(range(i * shard_rows, min((i + 1) * shard_rows, len(ds))))
                 name = f"{split}-{i:05d}.parquet"
                 _write_parquet(part, tmp / name)
-                n_bytes = pc.sum(part.with_format("arrow")["n_bytes"]).as_py() if len(part) else 0
+                n_bytes = pc.sum(column(part, "n_bytes")).as_py() if len(part) else 0
                 shards.append({"split": split, "name": name, "rows": len(part), "bytes": int(n_bytes or 0),
                                "sha256": file_digest(tmp / name)})
     splits = {split: {"rows": sum(s["rows"] for s in shards if s["split"] == split),
@@ -59,8 +60,8 @@ def _write_parquet(ds: Dataset, path: Path) -> None:
     and dictionary encoding is kept to the provenance column (unique texts would only fill a
     dictionary to be discarded)."""
     with pq.ParquetWriter(path, ds.features.arrow_schema, compression="zstd", use_dictionary=["source"]) as writer:
-        for batch in ds.with_format("arrow").iter(batch_size=_BATCH_ROWS):
-            writer.write_table(batch.combine_chunks())  # rows picked through an index come one chunk each
+        for start in range(0, len(ds), _BATCH_ROWS):
+            writer.write_table(rows(ds, start, min(start + _BATCH_ROWS, len(ds))))
 
 
 def read_manifest(data_dir: str | Path) -> dict:

@@ -90,12 +90,14 @@ def length_histogram(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_lengths(lengths: dict[str, dict], path: Path) -> None:
-    import matplotlib
+    # A Figure without pyplot (no GUI backend, no global state) and fixed margins: pyplot's import
+    # and tight_layout's text measuring took about a second, most of the report's time.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(lengths), 3.5))
+    fig.subplots_adjust(left=0.19 / len(lengths), right=1 - 0.02 / len(lengths), bottom=0.15, top=0.9,
+                        wspace=0.3)
+    axes = fig.subplots(1, len(lengths), squeeze=False)
     for ax, (split, parts) in zip(axes[0], lengths.items()):
         for label, values in parts.items():
             counts, edges = length_histogram(values)
@@ -105,7 +107,5 @@ def plot_lengths(lengths: dict[str, dict], path: Path) -> None:
         ax.set_xlabel("bytes (UTF-8)")
         ax.set_ylabel("rows")
         ax.legend()
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

@@ -15,3 +15,16 @@ def test_a_selection_reads_as_its_rows_in_order():
     assert all(c.num_chunks == 1 for c in part.columns)  # one contiguous chunk, whatever the selection
     assert rows(ds, 8, 10).to_pydict() == {"text": ["row 8", "row 9"], "n": [8, 9]}
     assert len(rows(picked.select([]), 0, 0)) == 0
+
+
+def test_rows_of_many_chunks_in_any_order():
+    """A selection across the chunks of a table written in batches, shuffled and repeated."""
+    import random
+
+    from datasets import concatenate_datasets
+
+    ds = concatenate_datasets([Dataset.from_dict({"n": list(range(k, k + 7))}) for k in range(0, 70, 7)])
+    assert ds.data.column("n").num_chunks == 10
+    picked = random.Random(0).choices(range(70), k=40)
+    assert column(ds.select(picked), "n").to_pylist() == picked
+    assert rows(ds.select(picked), 5, 25).column("n").to_pylist() == picked[5:25]

@@ -9,7 +9,9 @@ character it belongs to, as bits:
   letters of lm_tasks/data/language.py and lm_tasks/data/quality.py);
 - `BREAK`: where `str.splitlines` cuts lines;
 - `CONTINUATION`: not the first byte of its character (counting characters is counting
-  the bytes without this bit).
+  the bytes without this bit);
+- `WORD`: what the regex class `\w` matches (letters, digits, underscore): the characters
+  the normalised words of lm_tasks/data/words.py keep.
 
 ASCII bytes get their classes from one `bytes.translate`. The non-ASCII characters
 (few in most text) are decoded with numpy and looked up in a table indexed by code
@@ -28,15 +30,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPACE, LETTER, BREAK, CONTINUATION = 1, 2, 4, 8
+SPACE, LETTER, BREAK, CONTINUATION, WORD = 1, 2, 4, 8, 16
 _UNCLASSIFIED = 0x80
 _LETTER = re.compile(r"[^\W\d_]")
+_WORD = re.compile(r"\w")
 PADDING = 8  # zero bytes after the data: an 8-byte read at any byte stays inside
 
 
 def _classify(char: str) -> int:
     return ((SPACE if char.isspace() else 0) | (LETTER if _LETTER.match(char) else 0)
-            | (BREAK if len(f"a{char}b".splitlines()) == 2 else 0))
+            | (BREAK if len(f"a{char}b".splitlines()) == 2 else 0) | (WORD if _WORD.match(char) else 0))
 
 
 _ASCII_LOWER = bytes(c + 32 if 65 <= c <= 90 else c for c in range(256))

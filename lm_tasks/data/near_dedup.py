@@ -51,7 +51,7 @@ DEFAULT_NUM_PERM = 128
 DEFAULT_SHINGLE_SIZE = 3
 DEFAULT_THRESHOLD = 0.5
 
-_ROWS_AT_ONCE = 1024  # shingles hashed at once: 128 x 1024 x 4 bytes = 512 KiB of work array
+_ROWS_AT_ONCE = 4096  # shingles hashed at once: 128 x 4096 x 4 bytes = 2 MiB of work array (an L2 cache)
 _PAIR_CHUNK = 65_536  # signature pairs compared at once (2 x 64k x 128 x 4 bytes = 64 MiB)
 
 

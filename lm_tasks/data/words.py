@@ -27,10 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lm_tasks.data import chars
+
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _ASCII_PUNCTUATION = bytes(c for c in range(0x80) if _PUNCTUATION.match(chr(c)))
-# The ASCII bytes `str.split` cuts at (after normalisation non-ASCII whitespace is gone: see `_normalized`).
-_IS_SPACE = np.array([c < 0x80 and chr(c).isspace() for c in range(256)])
 _LOW_64 = (1 << 64) - 1
 # Odd, so multiplying by it permutes 64-bit values: no two word sequences collide systematically.
 _MULTIPLIER = np.uint64(0x100000001B3)
@@ -68,18 +68,24 @@ def word_hash(word: str) -> int:
 
 def batch_word_hashes(texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets): the hashes of every normalised word of every text, in order;
-    text i's words are hashes[offsets[i]:offsets[i + 1]]."""
-    encoded = [_normalized(text) for text in texts]
-    data = np.frombuffer(b" ".join(encoded), dtype=np.uint8)
+    text i's words are hashes[offsets[i]:offsets[i + 1]].
+
+    `normalized_words` for a whole batch in numpy: the texts lowercased (`str.lower` for
+    non-ASCII text, one bytes pass for ASCII), their bytes classed (lm_tasks/data/chars.py),
+    the bytes of characters that are neither `\\w` nor whitespace deleted, and the runs
+    between whitespace taken as the words."""
+    lowered = [text.lower() if text and not text.isascii() else text or "" for text in texts]
+    batch = chars.encode(lowered, lower_ascii=True)
+    keep = (batch.classes & (chars.WORD | chars.SPACE)).astype(bool)
+    data = batch.data[:len(keep)][keep]
     if not len(data):
-        return np.zeros(0, dtype=np.uint64), np.zeros(len(encoded) + 1, dtype=np.int64)
-    space = _IS_SPACE[data]
+        return np.zeros(0, dtype=np.uint64), np.zeros(len(lowered) + 1, dtype=np.int64)
+    space = (batch.classes[keep] & chars.SPACE).astype(bool)
     letter = ~space
     starts = np.flatnonzero(letter & np.r_[True, space[:-1]])
     ends = np.flatnonzero(letter & np.r_[space[1:], True])  # the last byte of each word
-    text_starts = np.cumsum([0] + [len(e) + 1 for e in encoded[:-1]]) if encoded else np.zeros(0, dtype=np.int64)
-    offsets = np.r_[np.searchsorted(starts, text_starts), len(starts)].astype(np.int64)
-    return run_hashes(data, starts, ends), offsets
+    kept_before = np.r_[0, np.cumsum(keep)]
+    return run_hashes(data, starts, ends), chars.per_text(starts, kept_before[batch.starts])
 
 
 def run_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

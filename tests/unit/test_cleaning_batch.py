@@ -157,12 +157,12 @@ def test_byte_classes_are_the_classes_of_each_character():
     points += [rng.randrange(0x110000) for _ in range(5000)]
     texts = ["".join(map(chr, points[i:i + 97])) for i in range(0, len(points), 97)]
     batch = chars.encode(texts)
-    letter = re.compile(r"[^\W\d_]")
+    letter, word = re.compile(r"[^\W\d_]"), re.compile(r"\w")
     expected = []
     for text in texts:
         for char in text:
             bits = ((chars.SPACE if char.isspace() else 0) | (chars.LETTER if letter.match(char) else 0)
-                    | (chars.BREAK if len(f"a{char}b".splitlines()) == 2 else 0))
+                    | (chars.BREAK if len(f"a{char}b".splitlines()) == 2 else 0) | (chars.WORD if word.match(char) else 0))
             size = len(char.encode("utf-8", "surrogatepass"))
             expected += [bits] + [bits | chars.CONTINUATION] * (size - 1)
         expected.append(chars.SPACE | chars.BREAK)  # the "\n" between texts

@@ -63,3 +63,16 @@ def test_written_word_keys_depend_on_the_word_only():
     for (s, e), key in zip(runs, keys.tolist()):
         by_word.setdefault(bytes(data[s:e + 1]), set()).add(key)
     assert all(len(k) == 1 for k in by_word.values()) and len({k.pop() for k in by_word.values()}) == len(by_word)
+
+
+def test_batch_words_follow_str_lower_and_the_regex_classes_outside_ascii():
+    """Characters whose lowercase grows (İ: "i" and a combining dot, which is not \\w), combining
+    marks, non-ASCII digits and numerals, underscores, CJK and typographic punctuation, exotic
+    spaces, a lone surrogate."""
+    texts = ["İstanbul’da “quoted” — dash", "x² ½ ٣٤ under_score", "日本、東京。 «guillemets»",
+             "a\u2003b\u3000c\u00a0d\u2028e", "caf\u0065\u0301 Ǆemal", "lone \ud800 surrogate", "ABC def", "‼", ""]
+    hashes, offsets = batch_word_hashes(texts)
+    for i, text in enumerate(texts):
+        assert hashes[offsets[i]:offsets[i + 1]].tolist() == [word_hash(w) for w in normalized_words(text)], text
+    assert normalized_words(texts[0])[0] == "istanbulda"
+    assert normalized_words(texts[1]) == ["x²", "½", "٣٤", "under_score"]

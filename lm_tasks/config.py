@@ -93,6 +93,21 @@ class DecontaminationConfig:
 
 
 @dataclass
+class MixConfig:
+    """Domain-adaptive pretraining: how often each row of the training split appears, by where it came from."""
+
+    corpus: float = 1.0  # the configured source (embedded, hub or local files)
+    tasks: float = 0.0  # the training text of the selected fine-tuning tasks (0: not used)
+
+    def __post_init__(self) -> None:
+        for key in ("corpus", "tasks"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.mix.{key} must be >= 0, got {getattr(self, key)}")
+        if self.corpus == 0 and self.tasks == 0:
+            raise ConfigError("data.mix.corpus and data.mix.tasks are both 0: nothing is left to pretrain on")
+
+
+@dataclass
 class CleaningConfig:
     name: str
     unicode_form: str
@@ -146,6 +161,7 @@ class DataConfig:
     executor: str = "local"  # local: num_proc processes here | dask: partitioned over a Dask cluster
     dask_address: Optional[str] = None  # (executor=dask) scheduler address; null: the cluster this runs on, or a local one
     partitions: Optional[int] = None  # (executor=dask) row ranges per pass; null: 2 per worker
+    mix: MixConfig = field(default_factory=MixConfig)
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("embedded", "hub", "local"))
@@ -505,6 +521,10 @@ class LifecycleConfig:
         if self.trainer.strategy == "fsdp" and family != "gpt":
             raise ConfigError(f"trainer.strategy=fsdp shards the GPT's Transformer blocks; a {family} model has "
                               "none: use trainer=ddp")
+        if self.data.mix.tasks > 0 and not self.finetune:
+            raise ConfigError(f"data.mix.tasks={self.data.mix.tasks} adds the selected fine-tuning tasks' training "
+                              "text to pretraining, but no task is selected: add finetune=<task>[,<task>...] "
+                              "(e.g. finetune=classification) or set data.mix.tasks=0")
         if self.finetune and not self.model.trainable and self.init_from is None:
             raise ConfigError(
                 f"model.family={self.model.family} has no hidden states to fine-tune "

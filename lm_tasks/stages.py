@@ -75,7 +75,8 @@ def data_key(cfg: LifecycleConfig) -> str:
         inputs["files"] = _files_digest(cfg, cfg.data.files + cfg.data.validation_files, "data.files")
     config = {"data": data, "seed": cfg.seed}
     decontamination = cfg.data.cleaning.decontamination
-    if decontamination.enabled and decontamination.tasks and cfg.finetune:  # their evaluation sets are inputs
+    # the tasks' evaluation sets (decontamination) and training text (data.mix.tasks) are inputs
+    if ((decontamination.enabled and decontamination.tasks) or cfg.data.mix.tasks > 0) and cfg.finetune:
         config["tasks"] = {name: {"task": cfg.finetune[name].task, "data": asdict(cfg.finetune[name].data)}
                            for name in cfg.finetune}
         inputs.update({task: _task_files(cfg, task).get("files", "") for task in cfg.finetune})
@@ -144,7 +145,7 @@ def run_data(cfg: LifecycleConfig, parent_run_id: str | None = None) -> StageRes
         from lm_tasks.data.prepare import prepare_data
         from lm_tasks.data.report import FILES
 
-        report = prepare_data(cfg.data, out, cfg.seed, _decontamination_sets(cfg))
+        report = prepare_data(cfg.data, out, cfg.seed, _decontamination_sets(cfg), _task_training_texts(cfg))
         metrics = {}
         for split, counts in report["splits"].items():
             metrics[f"data/{split}_rows"] = counts["rows"]
@@ -172,6 +173,16 @@ def _decontamination_sets(cfg: LifecycleConfig) -> dict[str, list[str]]:
     from lm_tasks.tasks.data import evaluation_texts
 
     return {f"finetune.{task}": evaluation_texts(cfg.finetune[task], cfg.seed) for task in cfg.finetune}
+
+
+def _task_training_texts(cfg: LifecycleConfig) -> dict[str, list[str]]:
+    """The training text of the selected fine-tuning tasks (name -> documents) when
+    `data.mix.tasks` adds it to pretraining."""
+    if cfg.data.mix.tasks <= 0:
+        return {}
+    from lm_tasks.tasks.data import training_texts
+
+    return {f"finetune.{task}": training_texts(cfg.finetune[task], cfg.seed) for task in cfg.finetune}
 
 
 def run_tokenizer(cfg: LifecycleConfig, data: StageResult | None = None,

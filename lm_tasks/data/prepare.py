@@ -33,6 +33,7 @@ from lm_tasks.data.cleaning import (StepReport, clean_split, clean_text, column_
 from lm_tasks.data.columns import column
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.mapping import DaskMap, LocalMap, dask_client
+from lm_tasks.data.mix import add_task_text, weigh
 from lm_tasks.data.report import build_report, write_report
 from lm_tasks.artifacts import write_json
 from lm_tasks.data.shards import MANIFEST, load_shards, shard_manifest
@@ -41,19 +42,21 @@ from lm_tasks.data.sources import EmptyDataError, load_raw
 log = logging.getLogger(__name__)
 
 
-def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int,
-                 eval_texts: dict[str, list[str]] | None = None) -> dict:
+def prepare_data(cfg: DataConfig, out_dir: str | Path, seed: int, eval_texts: dict[str, list[str]] | None = None,
+                 task_texts: dict[str, list[str]] | None = None) -> dict:
     """Run the data stage; return the report (also written to report.json).
 
     `eval_texts`: evaluation sets (name -> texts) besides the validation split that the
     training rows are decontaminated against (the fine-tuning tasks' evaluation splits).
+    `task_texts`: documents (name -> texts) that join the training rows, weighed by
+    `data.mix.tasks` (the fine-tuning tasks' training text: lm_tasks/data/mix.py).
     """
     out_dir = Path(out_dir)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # written last: its presence means the output is whole
     scratch = out_dir / ".scratch"  # Arrow files of the intermediate steps; removed at the end
     try:
         with row_mapper(cfg, scratch / "partitions") as mapper:
-            manifest, report = _prepare(cfg, out_dir, scratch, seed, eval_texts, mapper)
+            manifest, report = _prepare(cfg, out_dir, scratch, seed, eval_texts, task_texts or {}, mapper)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("data: %s", {k: v["rows"] for k, v in manifest["splits"].items()})
@@ -73,8 +76,10 @@ def row_mapper(cfg: DataConfig, folder: Path) -> Iterator:
 
 
 def _prepare(cfg: DataConfig, out_dir: Path, scratch: Path, seed: int, eval_texts: dict[str, list[str]] | None,
-             mapper) -> tuple[dict, dict]:
+             task_texts: dict[str, list[str]], mapper) -> tuple[dict, dict]:
     raw, reads = load_raw(cfg, scratch, mapper)
+    if cfg.mix.tasks > 0:
+        raw["train"] = add_task_text(raw["train"], task_texts, reads["train"])
     cleaned, steps, lengths = {}, {}, {}
     for split, ds in raw.items():
         _require_rows(len(ds), f"The {split} data from source '{cfg.name}' is empty{_where(cfg, split)}")
@@ -88,6 +93,11 @@ def _prepare(cfg: DataConfig, out_dir: Path, scratch: Path, seed: int, eval_text
         cleaned["train"], report = _decontaminate(cleaned, eval_texts or {}, cfg, mapper)
         steps["train"].append(report)
         _require_rows(len(cleaned["train"]), _all_removed("train", steps["train"]))
+    if (cfg.mix.corpus, cfg.mix.tasks) != (1.0, 0.0):
+        cleaned["train"], report = weigh(cleaned["train"], cfg.mix, seed)
+        steps["train"].append(report)
+        _require_rows(len(cleaned["train"]), "data.mix left no training row: every row kept has a weight of 0 "
+                      f"(mix: {report.details})")
     for split, ds in cleaned.items():
         lengths.setdefault(split, {})["kept"] = column_values(ds, "n_bytes")
     manifest = shard_manifest(DatasetDict(cleaned), out_dir, cfg.shard_rows)

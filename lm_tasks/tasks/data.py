@@ -77,6 +77,15 @@ def evaluation_texts(cfg: TaskConfig, seed: int) -> list[str]:
     return texts
 
 
+def training_texts(cfg: TaskConfig, seed: int) -> list[str]:
+    """The train split's examples as pretraining documents (domain-adaptive pretraining,
+    `data.mix.tasks`): each example's text fields joined by a line break (a QA context and
+    its question; a summarisation or translation source and its target)."""
+    train = load_task_data(cfg, seed)[0]["train"]
+    columns = [train[field] for field in TEXT_FIELDS[cfg.task]]
+    return ["\n".join(parts) for parts in zip(*columns)]
+
+
 def split_off_validation(train: Dataset, val_ratio: float, seed: int, split_by: str | None,
                          label: str) -> dict:
     """A seeded split; with `split_by`, whole groups (e.g. SQuAD articles) go to one side."""

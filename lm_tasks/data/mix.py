@@ -1,0 +1,66 @@
+"""Domain-adaptive pretraining: the fine-tuning tasks' training text in the pretraining
+corpus, and how often each kind of row appears (`data.mix`).
+
+The tasks' training examples (lm_tasks/tasks/data.py `training_texts`) join the raw training
+split as rows of their own source (`finetune.<task>:train`) before cleaning, so they are
+normalised, filtered, deduplicated and decontaminated like the corpus; the tasks'
+evaluation splits never join (they are what decontamination removes).
+
+Weights are applied last, to the training split only: a weight w repeats every row of
+its kind int(w) times and adds a seeded sample of the fraction w - int(w) of them; the
+rows of the result are then shuffled (seeded), so the repeats are spread over the token
+stream rather than packed side by side. Dedup ran before, so repeats are kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Value, concatenate_datasets
+
+from lm_tasks.config import MixConfig
+from lm_tasks.data.cleaning import StepReport
+from lm_tasks.data.columns import column
+
+TASK_SOURCE = "finetune."  # the source of a task row starts with this: finetune.<task>:train
+
+
+def add_task_text(train: Dataset, task_texts: dict[str, list[str]], read: StepReport) -> Dataset:
+    """`train` with every task's training documents appended as rows; `read` (the split's
+    read step) counts them, per task in its details."""
+    rows = [(text, f"{name}:train", i) for name, texts in task_texts.items() for i, text in enumerate(texts, 1)]
+    if not rows:
+        return train
+    texts, sources, numbers = zip(*rows)
+    added = Dataset.from_dict({"text": list(texts), "source": list(sources), "row": list(numbers)},
+                              features=Features({"text": Value("string"), "source": Value("string"),
+                                                 "row": Value("int64")}))
+    n_bytes = sum(len(text.encode("utf-8", errors="replace")) for text in texts)
+    read.rows_in += len(added)
+    read.rows_out += len(added)
+    read.bytes_in += n_bytes
+    read.bytes_out += n_bytes
+    read.details["task_text_rows"] = {name: len(texts) for name, texts in task_texts.items()}
+    return concatenate_datasets([train, added])
+
+
+def weigh(train: Dataset, mix: MixConfig, seed: int) -> tuple[Dataset, StepReport]:
+    """The training split with `mix`'s weights applied (see the module notes), and its report."""
+    is_task = pc.starts_with(column(train, "source"), TASK_SOURCE).to_numpy(zero_copy_only=False)
+    rng = np.random.default_rng(seed)
+    picked, counts = [], {}
+    for kind, rows, weight in (("corpus", np.flatnonzero(~is_task), mix.corpus),
+                               ("tasks", np.flatnonzero(is_task), mix.tasks)):
+        whole, fraction = int(weight), weight - int(weight)
+        parts = [rows] * whole
+        if fraction and len(rows):
+            parts.append(np.sort(rng.choice(rows, round(fraction * len(rows)), replace=False)))
+        counts[kind] = {"rows": len(rows), "weight": weight, "rows_out": int(sum(len(p) for p in parts))}
+        picked += parts
+    order = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    rng.shuffle(order)
+    weighed = train.select(order)
+    n_bytes = column(train, "n_bytes").to_numpy()
+    report = StepReport("mix", len(train), len(weighed), int(n_bytes.sum()), int(n_bytes[order].sum()),
+                        details=counts)
+    return weighed, report

@@ -1,0 +1,66 @@
+"""Domain-adaptive pretraining: the tasks' training text joins the corpus, and data.mix weighs the kinds of rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lm_tasks.config import ConfigError, load_config
+from lm_tasks.data.prepare import load_prepared, prepare_data
+from lm_tasks.stages import data_key
+from tests.text_samples import paragraphs
+
+
+def data_cfg(tmp_path: Path, *overrides: str):
+    corpus, held_out = tmp_path / "corpus.txt", tmp_path / "held_out.txt"
+    corpus.write_text("\n\n".join(paragraphs(60, seed=21, words=30)))
+    held_out.write_text("\n\n".join(paragraphs(6, seed=22, words=30)))
+    return load_config(["data=local", f"data.files=[{corpus}]", f"data.validation_files=[{held_out}]",
+                        "finetune=classification", *overrides]).data
+
+
+TASK_TEXTS = {"finetune.classification": paragraphs(20, seed=23, words=25)}
+
+
+def train_sources(out: Path) -> Counter:
+    train = load_prepared(out)["train"]
+    return Counter((source.split(":")[0] if source.startswith("finetune.") else "corpus", row)
+                   for source, row in zip(train["source"], train["row"]))
+
+
+def test_task_text_joins_and_each_kind_is_repeated_by_its_weight(tmp_path):
+    report = prepare_data(data_cfg(tmp_path, "data.mix.tasks=2"), tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
+    counts = train_sources(tmp_path / "out")
+    task_rows = {row: n for (kind, row), n in counts.items() if kind == "finetune.classification"}
+    assert len(task_rows) == 20 and set(task_rows.values()) == {2}  # every task document, twice
+    assert {n for (kind, _), n in counts.items() if kind == "corpus"} == {1}
+    steps = {s["step"]: s for s in report["steps"]["train"]}
+    assert steps["read"]["details"]["task_text_rows"] == {"finetune.classification": 20}
+    assert steps["mix"]["details"]["tasks"] == {"rows": 20, "weight": 2.0, "rows_out": 40}
+    assert steps["mix"]["rows_out"] == steps["mix"]["rows_in"] + 20
+
+
+def test_a_fractional_weight_samples_the_rows_with_the_seed(tmp_path):
+    cfg = data_cfg(tmp_path, "data.mix.corpus=0.5", "data.mix.tasks=1")
+    first = prepare_data(cfg, tmp_path / "a", seed=0, task_texts=TASK_TEXTS)
+    second = prepare_data(cfg, tmp_path / "b", seed=0, task_texts=TASK_TEXTS)
+    corpus = first["steps"]["train"][-1]["details"]["corpus"]
+    assert corpus["rows_out"] == round(corpus["rows"] / 2)
+    assert first["digest"] == second["digest"]
+    assert sum(1 for kind, _ in train_sources(tmp_path / "a") if kind == "corpus") == corpus["rows_out"]
+
+
+def test_the_default_mix_leaves_the_stage_as_it_was(tmp_path):
+    report = prepare_data(data_cfg(tmp_path), tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
+    assert "mix" not in {s["step"] for s in report["steps"]["train"]}
+    assert {kind for kind, _ in train_sources(tmp_path / "out")} == {"corpus"}
+
+
+def test_task_text_is_part_of_the_data_key_and_needs_a_task(tmp_path):
+    base = ["data=local", f"data.files=[{tmp_path}/x.txt]", "finetune=classification"]
+    (tmp_path / "x.txt").write_text("some text")
+    assert data_key(load_config(base)) != data_key(load_config([*base, "data.mix.tasks=1"]))
+    with pytest.raises(ConfigError, match=r"data.mix.tasks=1.0 .* no task is selected: add finetune="):
+        load_config(["data.mix.tasks=1"])

@@ -30,7 +30,6 @@ import numpy as np
 from lm_tasks.data import chars
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
-_ASCII_PUNCTUATION = bytes(c for c in range(0x80) if _PUNCTUATION.match(chr(c)))
 _LOW_64 = (1 << 64) - 1
 # Odd, so multiplying by it permutes 64-bit values: no two word sequences collide systematically.
 _MULTIPLIER = np.uint64(0x100000001B3)
@@ -42,16 +41,9 @@ LOW_BYTES = np.array([(1 << 8 * n) - 1 for n in range(9)], dtype=np.uint64)
 
 
 def normalized_words(text: str | None) -> list[str]:
-    """Lowercased words with punctuation removed ("Don't stop." -> ["dont", "stop"])."""
-    return _normalized(text).decode("utf-8").split()
-
-
-def _normalized(text: str | None) -> bytes:
-    """`text` lowercased without punctuation, in UTF-8, its words separated by ASCII whitespace only."""
-    text = (text or "").lower()
-    if text.isascii():  # the same, several times faster: bytes.translate deletes what the regex would
-        return text.encode("ascii").translate(None, _ASCII_PUNCTUATION)
-    return " ".join(_PUNCTUATION.sub("", text).split()).encode("utf-8")
+    """Lowercased words with punctuation removed ("Don't stop." -> ["dont", "stop"]): the
+    definition `batch_word_hashes` computes for a batch."""
+    return _PUNCTUATION.sub("", (text or "").lower()).split()
 
 
 def word_hash(word: str) -> int:

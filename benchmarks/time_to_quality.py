@@ -1,6 +1,9 @@
 """Time to quality: validation bits per byte against seconds of training, on Tiny Shakespeare.
 
-    .venv/bin/python benchmarks/time_to_quality.py [--experiment shakespeare_speedrun] [--out ...]
+    .venv/bin/python benchmarks/time_to_quality.py [--experiment shakespeare_speedrun] [--out ...] [overrides]
+
+Overrides are the lifecycle's own (Hydra) overrides, applied after the preset: an ablation
+of one option is e.g. `model.norm=rmsnorm`, or `model=modern` for a model preset.
 
 Runs the data, tokenizer and pretraining stages of the preset (from ../shared/data), then
 reads every validation point back from MLflow and prints val/bpb against seconds since
@@ -30,8 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="shakespeare_speedrun")
     parser.add_argument("--out", default="outputs/benchmarks/time_to_quality.json")
+    parser.add_argument("overrides", nargs="*", help="config overrides after the preset, e.g. model.norm=rmsnorm")
     args = parser.parse_args()
-    cfg = load_config([f"experiment={args.experiment}", "trainer.enable_progress_bar=false",
+    cfg = load_config([f"experiment={args.experiment}", *args.overrides, "trainer.enable_progress_bar=false",
                        "cache.refresh=pretrain"])  # always train: this measures training
     tokens = run_tokenizer(cfg, run_data(cfg))
     started = time.perf_counter()
@@ -44,8 +48,11 @@ def main() -> None:
     curve = [{"seconds": round((m.timestamp - first_step) / 1000, 1), "step": m.step, "val_bpb": round(m.value, 4)}
              for m in sorted(client.get_metric_history(pretrained.run_id, "val/bpb"), key=lambda m: m.step)]
     reached = next((p for p in curve if p["val_bpb"] <= NANOGPT["val_bpb"]), None)
+    rates = [m.value for m in client.get_metric_history(pretrained.run_id, "train/tokens_per_sec")]
     result = {
-        "experiment": args.experiment, "curve": curve, "final_val_bpb": curve[-1]["val_bpb"],
+        "experiment": args.experiment, "overrides": args.overrides, "curve": curve,
+        "final_val_bpb": curve[-1]["val_bpb"],
+        "tokens_per_sec": round(sum(rates) / len(rates)) if rates else None,
         "training_seconds": curve[-1]["seconds"], "stage_seconds": round(stage_seconds, 1),
         "seconds_to_nanogpt_quality": reached["seconds"] if reached else None,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -55,7 +62,8 @@ def main() -> None:
     for point in curve:
         print(f"{point['seconds']:>8.1f} {point['step']:>6} {point['val_bpb']:>8.3f}")
     print(f"\nfinal val/bpb {result['final_val_bpb']:.3f} after {result['training_seconds']:.0f} s of training "
-          f"(stage {stage_seconds:.0f} s, peak memory {result['peak_memory_mb']} MB); nanoGPT: "
+          f"(stage {stage_seconds:.0f} s, {result['tokens_per_sec']} tokens/s, peak memory "
+          f"{result['peak_memory_mb']} MB); nanoGPT: "
           f"{NANOGPT['val_bpb']} after {NANOGPT['seconds']} s. Reached {NANOGPT['val_bpb']} after "
           f"{result['seconds_to_nanogpt_quality']} s.")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

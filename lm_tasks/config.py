@@ -229,7 +229,11 @@ class ModelConfig:
     # gpt
     n_head: Optional[int] = None
     bias: bool = False
-    pos_encoding: str = "learned"
+    pos_encoding: str = "learned"  # learned | sinusoidal | rotary
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    activation: str = "gelu"  # the MLP: gelu | gelu_tanh | relu2 | swiglu (gated, three matrices)
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys
+    logit_softcap: Optional[float] = None  # cap * tanh(logits / cap) on the output logits
     # rnn | lstm | gru (null: n_embd, and the output head is tied to the embedding)
     hidden_size: Optional[int] = None
     # ngram
@@ -245,11 +249,20 @@ class ModelConfig:
         if missing:
             raise ConfigError(f"model.family={self.family} needs {', '.join(missing)}")
         if self.family == "gpt":
-            _check_choice("model.pos_encoding", self.pos_encoding, ("learned", "sinusoidal"))
+            from lm_tasks.models.gpt import ACTIVATIONS, NORMS, POS_ENCODINGS
+
+            _check_choice("model.pos_encoding", self.pos_encoding, POS_ENCODINGS)
+            _check_choice("model.norm", self.norm, NORMS)
+            _check_choice("model.activation", self.activation, ACTIVATIONS)
+            if self.logit_softcap is not None and not self.logit_softcap > 0:
+                raise ConfigError(f"model.logit_softcap must be a positive number or null, got {self.logit_softcap}")
             if self.n_embd % self.n_head:
                 raise ConfigError(
                     f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
                 )
+            if self.pos_encoding == "rotary" and (self.n_embd // self.n_head) % 2:
+                raise ConfigError(f"model.pos_encoding=rotary needs an even head size (n_embd / n_head), got "
+                                  f"{self.n_embd // self.n_head}")
         if self.family == "ngram" and self.order < 1:
             raise ConfigError(f"model.order must be >= 1, got {self.order}")
 

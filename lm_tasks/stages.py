@@ -298,7 +298,8 @@ def _log_profile(out: Path) -> None:
 
 
 def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
-    """The model in Hugging Face format (artifact `hf/`), where its family maps onto GPT-2."""
+    """The model in Hugging Face format (artifact `hf/`) where it maps onto GPT-2; otherwise skipped, the
+    reason logged (another family, or an option GPT-2 cannot express such as rotary positions)."""
     from lm_tasks.models.hf import export_hf, exports_to_hf
 
     if exports_to_hf(model_dir):

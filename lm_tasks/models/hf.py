@@ -5,6 +5,12 @@ the same pre-norm blocks, fused q/k/v projection, final LayerNorm and tied
 output head. Only the layout differs: GPT-2 stores its linear layers as
 `Conv1D` with weights (in, out), where nn.Linear keeps (out, in).
 
+Our default GPT, sinusoidal positions (written as a learned table) and the
+gelu, gelu_tanh and relu2 MLPs map exactly. Rotary positions, RMSNorm, SwiGLU,
+QK-norm and logit soft-capping have no GPT-2 equivalent: `export_hf` refuses
+such a model, naming the options, and `exports_to_hf` says no (the stages then
+skip the `hf/` artifact, with the reason in the log).
+
     load_gpt2(source, out_dir)     Hugging Face GPT-2 -> our exported folder
     export_hf(model_dir, out_dir)  our exported folder -> a folder that
                                    transformers' AutoModelForCausalLM and
@@ -17,6 +23,7 @@ only by load_gpt2; exporting writes plain JSON and safetensors.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,10 +39,12 @@ from lm_tasks.models.io import FILES, read_config, save_pretrained
 
 # GPT-2's `activation_function` -> ours. gelu_new and gelu_pytorch_tanh are the
 # same tanh approximation (one in Python, one fused in PyTorch).
-HF_TO_OUR_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+HF_TO_OUR_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                        "relu2": "relu2"}
+OUR_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our model uses
 GPT2_EOS = "<|endoftext|>"
+log = logging.getLogger(__name__)
 SOURCE_HINT = (
     "Pass a local folder of a Hugging Face GPT-2 checkpoint (config.json, model.safetensors or "
     "pytorch_model.bin, tokenizer files) or a Hub id such as 'openai-community/gpt2'."
@@ -183,9 +192,34 @@ def _write_gpt2_tokenizer(source: str | Path, hf_tokenizer: Any, path: Path) -> 
 
 # --- ours -> Hugging Face GPT-2 ---------------------------------------------------------------
 
+def hf_refusal(cfg) -> str | None:
+    """Why a model with this config cannot be written as GPT-2, or None when it maps exactly."""
+    if cfg.family != "gpt":
+        return f"a {cfg.family} model; only the GPT maps onto a Hugging Face architecture (GPT-2)"
+    options = []
+    if cfg.pos_encoding not in ("learned", "sinusoidal"):
+        options.append(f"pos_encoding={cfg.pos_encoding}")
+    if cfg.norm != "layernorm":
+        options.append(f"norm={cfg.norm}")
+    if cfg.activation not in OUR_TO_HF_ACTIVATION:
+        options.append(f"activation={cfg.activation}")
+    if cfg.qk_norm:
+        options.append("qk_norm=true")
+    if cfg.logit_softcap is not None:
+        options.append(f"logit_softcap={cfg.logit_softcap}")
+    if options:
+        return (f"{' and '.join(options)} {'has' if len(options) == 1 else 'have'} no GPT-2 equivalent; "
+                "the model stays in this project's format")
+    return None
+
+
 def exports_to_hf(model_dir: str | Path) -> bool:
-    """Whether the exported model maps onto GPT-2 (the GPT family does; others have no equivalent)."""
-    return read_config(model_dir).family == "gpt"
+    """Whether the exported model maps onto GPT-2 (the GPT family with GPT-2's options does); the
+    reason it does not is logged."""
+    reason = hf_refusal(read_config(model_dir))
+    if reason is not None:
+        log.info("No Hugging Face export of %s: %s", model_dir, reason)
+    return reason is None
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
@@ -195,11 +229,9 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     if missing:
         raise FileNotFoundError(f"{model_dir} is not an exported model: missing {', '.join(missing)}")
     cfg = read_config(model_dir)
-    if cfg.family != "gpt":
-        raise ValueError(f"{model_dir} is a {cfg.family} model; only the GPT maps onto a Hugging Face "
-                         "architecture (GPT-2)")
-    if cfg.activation not in OUR_TO_HF_ACTIVATION:
-        raise ValueError(f"{model_dir}: activation {cfg.activation!r} has no GPT-2 equivalent")
+    reason = hf_refusal(cfg)
+    if reason is not None:
+        raise ValueError(f"{model_dir} is {reason}" if cfg.family != "gpt" else f"{model_dir}: {reason}")
     weights = _hf_weights(cfg, load_file(str(model_dir / "model.safetensors")))
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     specials = {

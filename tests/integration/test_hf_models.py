@@ -1,8 +1,10 @@
 """Hugging Face models in the lifecycle: a GPT-2 checkpoint fine-tuned through `init_from`,
-and every trained model exported so `transformers` loads it."""
+every trained model GPT-2 can express exported so `transformers` loads it, and the others
+(model=modern) kept in our format only, the reason logged."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,18 @@ def test_the_pretrained_model_is_exported_for_transformers(smoke_cfg):
     with torch.no_grad():
         assert torch.allclose(model(torch.tensor([ids])).logits, ours(torch.tensor([ids]))[0], atol=1e-4)
     assert tokenizer.eos_token_id == ours.config.eos_id
+
+
+def test_a_model_gpt2_cannot_express_skips_the_export_and_says_why(smoke_overrides, caplog):
+    cfg = load_config(smoke_overrides + ["model=modern"] + TASK)
+    with caplog.at_level(logging.INFO, logger="lm_tasks.models.hf"):
+        pretrained = run_pretrain(cfg, run_tokenizer(cfg, run_data(cfg)))
+        tuned = run_finetune(cfg, "classification", pretrained)
+    assert "pos_encoding=rotary and norm=rmsnorm and activation=swiglu and qk_norm=true have no GPT-2" in caplog.text
+    for stage in (pretrained, tuned):
+        assert not (Path(stage.output_dir) / "hf").exists() and (Path(stage.output_dir) / "model").is_dir()
+    assert tuned.metrics["finetune/classification/best_val_accuracy"] > 0
+    model = load_pretrained(Path(pretrained.output_dir) / "model")
+    assert (model.config.pos_encoding, model.config.norm, model.config.activation, model.config.qk_norm) == (
+        "rotary", "rmsnorm", "swiglu", True)
+    assert model.generate(torch.tensor([[1, 2, 3]]), 5, temperature=0).shape == (1, 8)

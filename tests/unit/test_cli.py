@@ -27,7 +27,7 @@ def test_help_shows_the_flow_description_and_every_config_group_with_its_options
     result = cli("--help", module="flows.finetune")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Fine-tune the pretrained model on tasks")
-    assert "model: gpt, gpt2_small, gru, lstm, ngram, rnn, small, tiny" in result.stdout
+    assert "model: gpt, gpt2_small, gru, lstm, modern, ngram, rnn, small, tiny" in result.stdout
     assert "finetune: all, classification, none, qa, summarization, translation" in result.stdout
     assert "hparams_search=tpe" in result.stdout and "--cfg,-c" in result.stdout
 
@@ -79,7 +79,7 @@ def test_sweep_values_cover_choices_ranges_and_interval_bounds():
     assert values("model=tiny,small") == ["model=tiny", "model=small"]
     assert values("trainer.max_steps=range(2,8,3)") == ["trainer.max_steps=2", "trainer.max_steps=5"]
     assert values("optim.lr=interval(0.0001,0.01)") == ["optim.lr=0.0001", "optim.lr=0.01"]
-    assert values("model=glob(*r*)") == ["model=gru", "model=ngram", "model=rnn"]
+    assert values("model=glob(*r*)") == ["model=gru", "model=modern", "model=ngram", "model=rnn"]
     with pytest.raises(ConfigError, match=r"'model=glob\(zz\*\)' matches no option of model: gpt, gpt2_small"):
         values("model=glob(zz*)")
 

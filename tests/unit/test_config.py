@@ -57,7 +57,7 @@ def test_unknown_key_suggests_nearest(override, suggestion):
 
 def test_unknown_group_option_suggests_the_nearest_and_lists_the_options():
     with pytest.raises(ConfigError, match=r"^Unknown option 'tiy' for model\. Did you mean model=tiny\? "
-                                          r"Options: gpt, gpt2_small, gru, lstm, ngram, rnn, small, tiny$"):
+                                          r"Options: gpt, gpt2_small, gru, lstm, modern, ngram, rnn, small, tiny$"):
         load_config(["model=tiy"])
 
 
@@ -65,7 +65,7 @@ def test_unknown_group_option_suggests_the_nearest_and_lists_the_options():
     ("tokenizer.kind=bpee", "Did you mean 'bpe'"),
     ("model.n_embd=130", "divisible by model.n_head"),
     ("data.val_ratio=1.5", "val_ratio must be between 0 and 1"),
-    ("model.pos_encoding=rotary", "not one of learned, sinusoidal"),
+    ("model.pos_encoding=alibi", "not one of learned, sinusoidal, rotary"),
     ("trainer.max_steps=0", "max_steps must be >= 1"),
 ])
 def test_invalid_values_fail_with_reason(override, message):

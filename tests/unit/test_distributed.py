@@ -86,15 +86,18 @@ def world_of_one(tmp_path):
         dist.destroy_process_group()
 
 
-def test_sharding_a_gpt_keeps_its_names_and_its_function(world_of_one):
+@pytest.mark.parametrize("options", [{}, {"pos_encoding": "rotary", "norm": "rmsnorm", "activation": "swiglu",
+                                           "qk_norm": True, "logit_softcap": 10.0}], ids=["textbook", "modern"])
+def test_sharding_a_gpt_keeps_its_names_and_its_function(world_of_one, options):
     """Each block and the root become FSDP units, with activation checkpointing as hooks: the
     parameter names (checkpoint keys), the outputs and the gradients are the plain model's."""
     torch.manual_seed(0)
-    plain = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    plain = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16, **options))
     sharded, head = copy.deepcopy(plain), torch.nn.Linear(16, 3)
     shard_gpt(sharded, world_of_one, reshard_after_forward=True, mp_policy=mixed_precision("32-true"),
               activation_checkpointing=True, others=(head,))
     assert all(isinstance(m, FSDPModule) for m in [*sharded.blocks, sharded, head])
+    assert sum(isinstance(m, FSDPModule) for m in sharded.modules()) == len(sharded.blocks) + 1  # a unit per Block
     assert list(sharded.state_dict()) == list(plain.state_dict())
 
     x = torch.randint(0, 50, (2, 8))

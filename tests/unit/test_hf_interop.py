@@ -76,7 +76,7 @@ def assert_same_logits(ours: GPT, hf_model: torch.nn.Module, vocab_size: int) ->
 
 
 @pytest.mark.parametrize("hf_activation,ours", [("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh"),
-                                                 ("gelu", "gelu")])
+                                                 ("gelu", "gelu"), ("relu2", "relu2")])
 def test_load_gpt2_gives_the_same_logits(tmp_path, hf_activation, ours):
     tok = train_bpe([EOS])
     hf_model = hf_gpt2(tok, hf_activation)
@@ -126,14 +126,15 @@ def our_model(tmp_path: Path, pos_encoding: str, activation: str) -> tuple[Path,
     return save_pretrained(model, tmp_path / "ours", tok_path), tok
 
 
-@pytest.mark.parametrize("pos_encoding,activation", [("learned", "gelu"), ("sinusoidal", "gelu_tanh")])
+@pytest.mark.parametrize("pos_encoding,activation", [("learned", "gelu"), ("sinusoidal", "gelu_tanh"),
+                                                     ("learned", "relu2")])
 def test_export_hf_loads_in_transformers_with_the_same_logits(tmp_path, pos_encoding, activation):
     model_dir, tok = our_model(tmp_path, pos_encoding, activation)
     ours = load_pretrained(model_dir)
 
     out = export_hf(model_dir, tmp_path / "hf")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert hf_model.config.activation_function == {"gelu": "gelu", "gelu_tanh": "gelu_new"}[activation]
+    assert hf_model.config.activation_function == {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}[activation]
     assert_same_logits(ours, hf_model, tok.get_vocab_size())
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
@@ -153,6 +154,22 @@ def test_export_then_load_round_trip(tmp_path):
     idx = torch.randint(0, tok.get_vocab_size(), (2, 16))
     with torch.no_grad():
         assert torch.allclose(back(idx)[0], original(idx)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("option,named", [
+    ({"pos_encoding": "rotary"}, "pos_encoding=rotary has no GPT-2 equivalent; the model stays in this project's"),
+    ({"norm": "rmsnorm", "activation": "swiglu"}, "norm=rmsnorm and activation=swiglu have no GPT-2 equivalent"),
+    ({"qk_norm": True}, "qk_norm=true has no GPT-2 equivalent"),
+    ({"logit_softcap": 30.0}, "logit_softcap=30.0 has no GPT-2 equivalent"),
+])
+def test_export_hf_refuses_options_gpt2_cannot_express(tmp_path, option, named):
+    """Exported anyway, these would load in transformers as a different function: refused instead."""
+    model_dir, _ = our_model(tmp_path, "learned", "gelu")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, **option}))
+    with pytest.raises(ValueError, match=named):
+        export_hf(model_dir, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_load_gpt2_refuses_other_model_types(tmp_path):

@@ -73,7 +73,8 @@ def test_shapes_loss_and_hidden_states(options):
     assert model.hidden_states(idx).shape == (3, 16, model.hidden_size)
 
 
-@params
+@pytest.mark.parametrize("options", [{}, {"pos_encoding": "sinusoidal"}, *OPTIONS.values()],
+                         ids=["learned", "sinusoidal", *OPTIONS])
 def test_future_tokens_never_change_past_logits(options):
     model = tiny(**options)
     idx = torch.randint(0, VOCAB, (1, 16))

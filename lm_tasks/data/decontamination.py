@@ -55,6 +55,7 @@ class NgramIndex:
         del parts
         grams.sort()  # in place, then the distinct values: half the peak memory of np.unique
         self.grams = grams[np.r_[True, grams[1:] != grams[:-1]]] if len(grams) else grams
+        self._flags: np.ndarray | None = None  # see _filter
 
     def __len__(self) -> int:
         return len(self.grams)
@@ -88,7 +89,7 @@ class NgramIndex:
         gram), set where an indexed gram has them: a lookup in a few MB rules out nearly every
         training gram before the binary search (a random access into the whole index, which is
         what costs). Made on first use in each process; never pickled."""
-        if getattr(self, "_flags", None) is None:
+        if self._flags is None:
             bits = int(np.clip(np.ceil(np.log2(16 * len(self.grams) + 1)), 16, 25))
             self._flags = np.zeros(1 << bits, dtype=bool)
             self._flags[self.grams >> np.uint64(64 - bits)] = True
@@ -98,4 +99,5 @@ class NgramIndex:
 def _restore_index(grams: np.ndarray, n: int, min_words: int, short_lengths: tuple[int, ...]) -> NgramIndex:
     index = NgramIndex.__new__(NgramIndex)
     index.grams, index.n, index.min_words, index.short_lengths = grams, n, min_words, short_lengths
+    index._flags = None
     return index

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
-from datasets import Dataset, Features, Value, concatenate_datasets
+from datasets import Dataset, concatenate_datasets
 
 from lm_tasks.config import MixConfig
 from lm_tasks.data.cleaning import StepReport
@@ -33,8 +33,7 @@ def add_task_text(train: Dataset, task_texts: dict[str, list[str]], read: StepRe
         return train
     texts, sources, numbers = zip(*rows)
     added = Dataset.from_dict({"text": list(texts), "source": list(sources), "row": list(numbers)},
-                              features=Features({"text": Value("string"), "source": Value("string"),
-                                                 "row": Value("int64")}))
+                              features=train.features)
     n_bytes = sum(len(text.encode("utf-8", errors="replace")) for text in texts)
     read.rows_in += len(added)
     read.rows_out += len(added)

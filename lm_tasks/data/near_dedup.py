@@ -199,7 +199,7 @@ def band_hashes(values: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row of uint32 `values` (one document's band): the values folded
     in one at a time through `mix64`. A collision only makes a false candidate pair, which
     the signature comparison then rejects."""
-    h = np.full(len(values), len(values[0]) if len(values) else 0, dtype=np.uint64)
+    h = np.full(len(values), values.shape[1], dtype=np.uint64)
     for column in values.T:
         h = mix64(h ^ column.astype(np.uint64))
     return h

@@ -322,8 +322,15 @@ class OptimConfig:
     eps: float
     warmup_steps: int
     fused: Optional[bool]
+    schedule: str = "cosine"  # cosine | wsd (warmup, stable, then linear decay over decay_fraction)
+    decay_fraction: float = 0.2  # (wsd) the share of the steps after warmup spent decaying
+    muon_momentum: float = 0.95  # (name=muon)
 
     def __post_init__(self) -> None:
+        _check_choice("optim.name", self.name, ("adamw", "muon"))
+        _check_choice("optim.schedule", self.schedule, ("cosine", "wsd"))
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas needs two values, got {list(self.betas)}")
         if not 0 <= self.min_lr <= self.lr:
@@ -354,6 +361,10 @@ class TaskDataConfig:
     val_ratio: float
     split_by: Optional[str]
     max_rows: Optional[int]
+    # The split the evaluate stage scores on (an official test split): validation then only
+    # steers early stopping and the best checkpoint. Empty / null: scores on validation.
+    test_files: List[str] = field(default_factory=list)
+    test_split: Optional[str] = None
 
 
 @dataclass

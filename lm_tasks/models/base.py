@@ -54,6 +54,13 @@ class CausalLM(nn.Module):
         no_decay = [p for p in params if p.dim() < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    def hidden_matrices(self) -> list[torch.Tensor]:
+        """The weights of the linear maps inside the network: what Muon optimises (optim.name=muon).
+        Embedding tables and any output head tied to one are not hidden matrices."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return [m.weight for m in self.modules()
+                if isinstance(m, nn.Linear) and m.weight.requires_grad and id(m.weight) not in embeddings]
+
     def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (nats) of every target token: (B, T), 0 where the target is ignored (-100).
         Evaluation sums these itself, so its totals do not depend on how tokens are batched."""

@@ -45,7 +45,7 @@ def load_task_data(cfg: TaskConfig, seed: int, fold: tuple[int, int] | None = No
     if d.max_rows is not None:
         raw = {k: v.select(range(min(d.max_rows, len(v)))) for k, v in raw.items()}
     if "validation" not in raw:
-        raw = split_off_validation(raw["train"], d.val_ratio, seed, d.split_by, label)
+        raw = {**raw, **split_off_validation(raw["train"], d.val_ratio, seed, d.split_by, label)}
     splits = {name: _map_columns(ds, cfg, label) for name, ds in raw.items()}
     info = {"source": label}
     if cfg.task == "classification":
@@ -67,13 +67,19 @@ def load_task_data(cfg: TaskConfig, seed: int, fold: tuple[int, int] | None = No
     return DatasetDict(dataset), info
 
 
+def scored_split(dataset: DatasetDict) -> str:
+    """The split the evaluate stage scores: test where one is configured, else validation."""
+    return "test" if "test" in dataset else "validation"
+
+
 def evaluation_texts(cfg: TaskConfig, seed: int) -> list[str]:
-    """Every text of the task's validation split (what the evaluate stage scores on), for
-    decontaminating the pretraining data against it."""
-    validation = load_task_data(cfg, seed)[0]["validation"]
+    """Every text of the task's held-out splits (validation, and test where configured), for
+    decontaminating the pretraining data against them."""
+    dataset = load_task_data(cfg, seed)[0]
     texts = []
-    for field in TEXT_FIELDS[cfg.task]:
-        texts += [t for t in validation[field] if isinstance(t, str) and t]
+    for split in ("validation", "test"):
+        for field in TEXT_FIELDS[cfg.task]:
+            texts += [t for t in dataset[split][field] if isinstance(t, str) and t] if split in dataset else []
     return texts
 
 
@@ -154,7 +160,7 @@ def _load_hub(cfg: TaskConfig) -> DatasetDict:
             f"Without network access use local files: finetune.{cfg.task}.data.source=local "
             f"finetune.{cfg.task}.data.train_files=[path/to/train.jsonl]"
         ) from err
-    wanted = {"train": d.train_split, "validation": d.validation_split}
+    wanted = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
     splits = {}
     for name, split in wanted.items():
         if split is None:
@@ -172,6 +178,8 @@ def _load_local(cfg: TaskConfig) -> DatasetDict:
     files = {"train": expand_files(d.train_files, f"finetune.{cfg.task}.data.train_files")}
     if d.validation_files:
         files["validation"] = expand_files(d.validation_files, f"finetune.{cfg.task}.data.validation_files")
+    if d.test_files:
+        files["test"] = expand_files(d.test_files, f"finetune.{cfg.task}.data.test_files")
     builder = builder_for(files)
     for path in (f for group in files.values() for f in group):
         check_record_sizes(path, TASK_MAX_RECORD_BYTES)

@@ -26,14 +26,14 @@ from lm_tasks.models.base import CausalLM
 from lm_tasks.models.io import load_pretrained
 from lm_tasks.tasks.adapters import build_adapter
 from lm_tasks.tasks.batching import to_device
-from lm_tasks.tasks.data import load_task_data
+from lm_tasks.tasks.data import load_task_data, scored_split
 from lm_tasks.tokenizer import load_tokenizer
 from lm_tasks.training.device import compute_device
 
 
 def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, out_dir: str | Path,
                   fold: tuple[int, int] | None = None) -> dict:
-    """The model's scores on the validation split, or with `fold=(i, k)` on fold i of the train
+    """The model's scores on the test split where one is configured, else on validation; or with `fold=(i, k)` on fold i of the train
     split, the one its cross-validation model did not train on."""
     task_cfg, model_dir, out_dir = cfg.finetune[task_name], Path(model_dir), Path(out_dir)
     if not (model_dir / "head.safetensors").is_file():
@@ -44,7 +44,8 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
     model = load_pretrained(model_dir, device=device)
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
     dataset, info = load_task_data(task_cfg, cfg.seed, fold)
-    evaluated = dataset["held_out" if fold else "validation"]
+    split = "held_out" if fold else scored_split(dataset)
+    evaluated = dataset[split]
     if "label_names" in saved:
         info["label_names"] = saved["label_names"]  # the label ids the head was trained on
     adapter = build_adapter(task_cfg, info, model.config, tokenizer, cfg.tokenizer.sep_token, saved["max_length"])
@@ -57,7 +58,7 @@ def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, o
     predictions, references = predict_all(adapter, model, head, encoded, cfg.eval.batch_size, desc=task_name)
     result = {"task": task_name, "metrics": adapter.score(predictions, references),
               "baseline": adapter.baseline(dataset["train"], evaluated),
-              "examples": len(predictions), "source": info["source"], "device": str(model.device)}
+              "examples": len(predictions), "split": split, "source": info["source"], "device": str(model.device)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "predictions.jsonl") as tmp:

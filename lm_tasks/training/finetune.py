@@ -44,7 +44,7 @@ from lm_tasks.training.callbacks import ResumableEarlyStopping, Throughput, prof
 from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, RestoresRNG, load_checkpoint,
                                            sigterm_between_steps)
 from lm_tasks.training.distributed import strategy
-from lm_tasks.training.optim import build_optimizer
+from lm_tasks.training.optim import build_optimizer, time_budget_used
 from lm_tasks.training.pruning import pruning_callbacks
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class FinetuneModule(RestoresRNG):
         groups = self.model.optimizer_groups(self.task_cfg.weight_decay)
         groups.append({"params": list(self.head.parameters()), "weight_decay": 0.0})
         optimizer, scheduler = build_optimizer(groups, self.task_cfg.optim(), self.task_cfg.max_steps,
-                                               on_cuda=self.device.type == "cuda")
+                                               on_cuda=self.device.type == "cuda",
+                                               budget_used=lambda: time_budget_used(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 from lm_tasks.config import OptimConfig
 from lm_tasks.models.io import build_config, build_model
 from lm_tasks.training.checkpoints import RestoresRNG
-from lm_tasks.training.optim import build_optimizer
+from lm_tasks.training.optim import build_optimizer, time_budget_used
 
 
 class CausalLMModule(RestoresRNG):
@@ -55,6 +55,7 @@ class CausalLMModule(RestoresRNG):
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(
             self.model.optimizer_groups(self.optim_cfg.weight_decay), self.optim_cfg, self.total_steps,
-            on_cuda=self.device.type == "cuda",
+            on_cuda=self.device.type == "cuda", hidden_matrices=self.model.hidden_matrices(),
+            budget_used=lambda: time_budget_used(self.trainer),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from lm_tasks.config import load_config
 from lm_tasks.models.io import load_pretrained
@@ -46,3 +47,16 @@ def test_compiled_training_matches_eager_and_exports_plain_weights(smoke_overrid
                                                                        abs=1e-3)
     model = load_pretrained(Path(compiled.output_dir) / "model")  # parameter names unchanged by compiling
     assert model.config.n_layer == eager_cfg.model.n_layer
+
+
+def test_muon_pretraining_learns_and_checkpoints_both_optimizers(smoke_overrides):
+    cfg = load_config(smoke_overrides + ["optim=muon", "optim.lr=1e-2", "optim.schedule=wsd",
+                                         "trainer.max_steps=40", "model.dropout=0.0"])
+    tokens = run_tokenizer(cfg, run_data(cfg))
+    metrics = run_evaluate(cfg, tokens, run_pretrain(cfg, tokens)).metrics
+    assert metrics["eval/lm/loss"] < metrics["eval/lm/baseline_loss"]
+    checkpoint = torch.load(Path(cfg.paths.pretrain_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    state = checkpoint["optimizer_states"][0]["state"].values()
+    hidden = 4 * cfg.model.n_layer  # qkv, attention projection, MLP in and out of every block
+    assert sum("momentum_buffer" in s for s in state) == hidden
+    assert sum("exp_avg" in s for s in state) == len(state) - hidden > 0

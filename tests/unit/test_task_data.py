@@ -8,7 +8,8 @@ import pytest
 
 from lm_tasks.config import ConfigError, load_config
 from lm_tasks.data.sources import DataSourceError
-from lm_tasks.tasks.data import TASK_MAX_RECORD_BYTES, check_record_sizes, load_task_data
+from lm_tasks.tasks.data import (TASK_MAX_RECORD_BYTES, check_record_sizes, evaluation_texts, load_task_data,
+                                 scored_split)
 
 
 def task_cfg(*overrides: str):
@@ -158,13 +159,15 @@ def test_a_parquet_cell_past_the_limit_is_refused(tmp_path):
         check_record_sizes(str(path), TASK_MAX_RECORD_BYTES)
 
 
-def summarization_cfg(train: list, validation: list | None = None):
+def summarization_cfg(train: list, validation: list | None = None, test: list | None = None):
     overrides = ["finetune=summarization", "finetune.summarization.data.source=local",
                  f"finetune.summarization.data.train_files=[{','.join(map(str, train))}]",
                  "finetune.summarization.data.columns.source=dialogue",
                  "finetune.summarization.data.columns.target=summary"]
     if validation:
         overrides.append(f"finetune.summarization.data.validation_files=[{','.join(map(str, validation))}]")
+    if test:
+        overrides.append(f"finetune.summarization.data.test_files=[{','.join(map(str, test))}]")
     return load_config(overrides).finetune["summarization"]
 
 
@@ -203,3 +206,24 @@ def test_a_used_column_of_another_type_names_file_and_column(tmp_path):
                    f"finetune.classification.data.train_files=[{first},{second}]")
     with pytest.raises(DataSourceError, match=rf"Column 'label' of {second} holds .*string.* but in {first}"):
         load_task_data(cfg, seed=0)
+
+
+def test_a_test_split_is_loaded_and_scored_in_place_of_validation(tmp_path):
+    """SciTLDR, Multi30k: scored on the official test split; validation stays for early stopping."""
+    train = write_jsonl(tmp_path / "train.jsonl", dialogues(12))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"dialogue": f"A: bye {i}", "summary": f"farewell {i}", "topic": "x"}
+                                                 for i in range(4)])
+    data, _ = load_task_data(summarization_cfg([train], test=[test]), seed=0)
+    assert (len(data["train"]) + len(data["validation"]), len(data["test"])) == (12, 4)  # validation split off train
+    assert scored_split(data) == "test" and data["test"][3] == {"source": "A: bye 3", "target": "farewell 3"}
+    texts = evaluation_texts(summarization_cfg([train], test=[test]), seed=0)
+    assert "A: bye 2" in texts and "farewell 0" in texts  # decontamination covers the test split too
+    assert any(t in texts for t in data["validation"]["source"])
+    assert scored_split(load_task_data(summarization_cfg([train]), seed=0)[0]) == "validation"
+
+
+def test_an_empty_test_file_is_refused(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", dialogues(12))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"dialogue": "", "summary": ""}])
+    with pytest.raises(Exception, match="test split of summarization data .* has no usable rows"):
+        load_task_data(summarization_cfg([train], test=[test]), seed=0)

@@ -50,7 +50,7 @@ ROWS = {
     "sst2": Row("classification", "accuracy", 0.80, "majority class", _task(
         "classification", train_files=f"[{DATA}/sst2/train.jsonl]",
         validation_files=f"[{DATA}/sst2/validation.jsonl]", label_names="[negative,positive]")),
-    "squad": Row("qa", "f1", 20.0, "first words of the context", [
+    "squad": Row("qa", "f1", 20.0, "sliding window", [
         *_task("qa", train_files=f"[{DATA}/squad_v1.1/validation.jsonl]", split_by="title"),
         "finetune.qa.allow_no_answer=false"]),  # SQuAD v1.1: every question has an answer
     "scitldr": Row("summarization", "rougeL", 0.25, "lead sentence", _task(

@@ -122,7 +122,8 @@ def _task_files(cfg: LifecycleConfig, task: str) -> dict:
     data = cfg.finetune[task].data
     if data.source != "local":
         return {}
-    return {"files": _files_digest(cfg, data.train_files + data.validation_files + data.test_files, f"finetune.{task}.data")}
+    files = data.train_files + data.validation_files + data.test_files
+    return {"files": _files_digest(cfg, files, f"finetune.{task}.data")}
 
 
 def _files_digest(cfg: LifecycleConfig, patterns: list[str], label: str) -> str:

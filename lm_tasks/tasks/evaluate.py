@@ -33,8 +33,9 @@ from lm_tasks.training.device import compute_device
 
 def evaluate_task(cfg: LifecycleConfig, task_name: str, model_dir: str | Path, out_dir: str | Path,
                   fold: tuple[int, int] | None = None) -> dict:
-    """The model's scores on the test split where one is configured, else on validation; or with `fold=(i, k)` on fold i of the train
-    split, the one its cross-validation model did not train on."""
+    """The model's scores on the test split where one is configured, else on validation; or,
+    with `fold=(i, k)`, on fold i of the train split, the one its cross-validation model did
+    not train on."""
     task_cfg, model_dir, out_dir = cfg.finetune[task_name], Path(model_dir), Path(out_dir)
     if not (model_dir / "head.safetensors").is_file():
         raise FileNotFoundError(f"No fine-tuned {task_name} model at {model_dir}; run python -m flows.finetune "

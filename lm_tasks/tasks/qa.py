@@ -20,6 +20,7 @@ counted; an example left without answers that had some is skipped (counted too).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import torch
@@ -151,10 +152,11 @@ class QAAdapter:
         return load_metric("squad").compute(predictions=[p["text"] for p in predictions], references=references)
 
     def baseline(self, train: Dataset, validation: Dataset) -> dict:
-        """The first k words of the context, k the mean gold answer length in words on train."""
+        """A sliding window with no learning: the k-word span whose neighbourhood shares the
+        most words with the question (k the mean gold answer length in words on train)."""
         lengths = [len(t.split()) for a in train["answers"] for t in a["text"][:1]]
         k = max(1, round(sum(lengths) / max(len(lengths), 1)))
-        guesses = [{"text": " ".join(c.split()[:k])} for c in validation["context"]]
+        guesses = [{"text": sliding_window_answer(c, q, k)} for c, q in zip(validation["context"], validation["question"])]
         return self.score(guesses, [list(a["text"]) for a in validation["answers"]])
 
     def describe(self) -> dict:
@@ -164,6 +166,42 @@ class QAAdapter:
 
     def record(self, row: dict, prediction: dict, reference: list[str]) -> dict:
         return {"question": row["question"], "prediction": prediction["text"], "answers": reference}
+
+
+_WORD = re.compile(r"\w+")
+# Question words that say nothing about where the answer is.
+_STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have how in is it its of on or that the their "
+    "this to was were what when where which who whom whose why with".split())
+
+
+def sliding_window_answer(context: str, question: str, k: int) -> str:
+    """The k-word span of the context closest to the question's words (stopwords aside): each
+    question word seen within `radius` words of the span adds 1 - distance / (radius + 1), each
+    one inside the span takes 1 away (an answer seldom repeats its question); the first such
+    span on ties. radius: the question's length in words, at least 5."""
+    words = context.split()
+    if len(words) <= k:
+        return " ".join(words)
+    asked = {t for t in _WORD.findall(question.lower()) if t not in _STOPWORDS}
+    seen: dict[str, list[int]] = {}
+    for position, word in enumerate(words):
+        for token in set(_WORD.findall(word.lower())) & asked:
+            seen.setdefault(token, []).append(position)
+    radius = max(5, len(question.split()))
+    best, best_score = 0, None
+    for start in range(len(words) - k + 1):
+        end, score = start + k, 0.0
+        for positions in seen.values():
+            if any(start <= p < end for p in positions):
+                score -= 1
+                continue
+            distance = min(start - p if p < start else p - end + 1 for p in positions)
+            if distance <= radius:
+                score += 1 - distance / (radius + 1)
+        if best_score is None or score > best_score:
+            best, best_score = start, score
+    return " ".join(words[best:best + k])
 
 
 def token_windows(n_tokens: int, room: int, stride: int) -> list[tuple[int, int]]:

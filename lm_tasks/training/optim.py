@@ -3,7 +3,7 @@
     optim.name=adamw      AdamW on every parameter (the textbook recipe)
     optim.name=muon       Muon (momentum, then the update orthogonalised by Newton-Schulz
                           iterations) on the hidden matrices, AdamW on the rest (embeddings,
-                          the tied output head, norm gains, biases, task heads); torch's own
+                          the tied output head, norm gains, biases); torch's own
                           `torch.optim.Muon` with Moonshot's update scaling, so the AdamW
                           learning rate and weight decay carry over
     optim.schedule=cosine linear warmup, cosine decay to min_lr at the last step

@@ -59,3 +59,17 @@ def test_classification_beats_the_majority_baseline(tmp_path):
     correct = sum(json.loads(line)["prediction"]["label"] == json.loads(line)["reference"] for line in lines)
     assert correct / 300 == pytest.approx(summary["metrics"]["accuracy"])
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+
+    # With a test split configured, evaluate scores it instead of validation.
+    data = sentiment(n_train=500, n_validation=300)
+    files = {}
+    for split, rows in (("train", data["train"]), ("validation", data["validation"]),
+                        ("test", data["validation"].select(range(40)))):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    local = load_config([f"paths.root_dir={tmp_path}", "finetune=classification", "finetune.classification.data.source=local",
+                         *(f"finetune.classification.data.{split}_files=[{path}]" for split, path in files.items()),
+                         "finetune.classification.data.label_names=[negative,positive]"])
+    scored = evaluate_task(local, "classification", out / "model", tmp_path / "eval-test")
+    assert (scored["split"], scored["examples"]) == ("test", 40)
+    assert len((tmp_path / "eval-test" / "predictions.jsonl").read_text().splitlines()) == 40

@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from lm_tasks.config import TokenizerConfig
 from lm_tasks.tasks.embedded import question_answering
-from lm_tasks.tasks.qa import QAAdapter, char_span_to_tokens, token_windows
+from lm_tasks.tasks.qa import QAAdapter, char_span_to_tokens, sliding_window_answer, token_windows
 from lm_tasks.tokenizer import train_tokenizer
 
 
@@ -92,3 +92,11 @@ def test_logits_mask_everything_but_context_and_separator():
     start, end = adapter.logits(model, head, batch)
     allowed = (start > -1e8).tolist()[0]
     assert allowed == [False, False, True, True, True, False]
+
+
+def test_the_sliding_window_baseline_answers_beside_the_question_words():
+    context = ("The castle stands on a hill above the town. It was built in 1204 by King John "
+               "and rebuilt after a fire. Visitors come every summer.")
+    assert "1204" in sliding_window_answer(context, "When was the castle built by King John?", 2)
+    assert sliding_window_answer("Too short.", "Anything?", 3) == "Too short."
+    assert sliding_window_answer(context, "Zebra?", 2) == "The castle"  # no overlap anywhere: the first span

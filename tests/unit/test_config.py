@@ -15,6 +15,7 @@ GROUP_OPTIONS = [
 REQUIRED = {
     ("data", "local"): ["data.files=[x.txt]"],
     ("data", "hub"): ["data.hub_name=some/dataset"],
+    ("experiment", "lm_speedrun"): ["data.files=[x.txt]"],  # a preset for any corpus: the user names it
 }
 
 

@@ -6,6 +6,11 @@ split as rows of their own source (`finetune.<task>:train`) before cleaning, so 
 normalised, filtered, deduplicated and decontaminated like the corpus; the tasks'
 evaluation splits never join (they are what decontamination removes).
 
+The validation split measures what is trained on: when task text joins, `data.val_ratio` of
+its cleaned rows (seeded) move to validation beside the corpus's own held-out rows, and a
+corpus weighed 0 keeps none of its rows there (`mix_validation`); otherwise a pretraining
+on task text would pick its best checkpoint by the loss on a corpus it never sees.
+
 Weights are applied last, to the training split only: a weight w repeats every row of
 its kind int(w) times and adds a seeded sample of the fraction w - int(w) of them; the
 rows of the result are then shuffled (seeded), so the repeats are spread over the token
@@ -45,7 +50,7 @@ def add_task_text(train: Dataset, task_texts: dict[str, list[str]], read: StepRe
 
 def weigh(train: Dataset, mix: MixConfig, seed: int) -> tuple[Dataset, StepReport]:
     """The training split with `mix`'s weights applied (see the module notes), and its report."""
-    is_task = pc.starts_with(column(train, "source"), TASK_SOURCE).to_numpy(zero_copy_only=False)
+    is_task = _is_task(train)
     rng = np.random.default_rng(seed)
     picked, counts = [], {}
     for kind, rows, weight in (("corpus", np.flatnonzero(~is_task), mix.corpus),
@@ -63,3 +68,35 @@ def weigh(train: Dataset, mix: MixConfig, seed: int) -> tuple[Dataset, StepRepor
     report = StepReport("mix", len(train), len(weighed), int(n_bytes.sum()), int(n_bytes[order].sum()),
                         details=counts)
     return weighed, report
+
+
+def mix_validation(train: Dataset, validation: Dataset, mix: MixConfig, val_ratio: float,
+                   seed: int) -> tuple[Dataset, Dataset, StepReport]:
+    """(train, validation, the validation split's report) for the mix (see the module notes)."""
+    rows_in, bytes_in = len(validation), _bytes(validation)
+    moved = 0
+    task_rows = np.flatnonzero(_is_task(train))
+    if mix.tasks > 0 and not _is_task(validation).any() and len(task_rows) >= 2:
+        rng = np.random.default_rng(seed)
+        count = min(len(task_rows) - 1, max(1, round(val_ratio * len(task_rows))))
+        held = np.zeros(len(train), dtype=bool)
+        held[rng.choice(task_rows, count, replace=False)] = True
+        validation = concatenate_datasets([validation, train.select(np.flatnonzero(held))])
+        train, moved = train.select(np.flatnonzero(~held)), count
+    dropped = 0
+    if mix.corpus == 0:
+        is_task = _is_task(validation)
+        dropped = int((~is_task).sum())
+        validation = validation.select(np.flatnonzero(is_task))
+    report = StepReport("mix", rows_in, len(validation), bytes_in, _bytes(validation),
+                        dropped={"corpus_weighed_0": dropped} if dropped else {},
+                        details={"task_rows_held_out": moved})
+    return train, validation, report
+
+
+def _is_task(ds: Dataset) -> np.ndarray:
+    return pc.starts_with(column(ds, "source"), TASK_SOURCE).to_numpy(zero_copy_only=False)
+
+
+def _bytes(ds: Dataset) -> int:
+    return int(column(ds, "n_bytes").to_numpy().sum()) if len(ds) else 0

@@ -33,7 +33,7 @@ from lm_tasks.data.cleaning import (StepReport, clean_split, clean_text, column_
 from lm_tasks.data.columns import column
 from lm_tasks.data.decontamination import NgramIndex
 from lm_tasks.data.mapping import DaskMap, LocalMap, dask_client
-from lm_tasks.data.mix import add_task_text, weigh
+from lm_tasks.data.mix import add_task_text, mix_validation, weigh
 from lm_tasks.data.report import build_report, write_report
 from lm_tasks.artifacts import write_json
 from lm_tasks.data.shards import MANIFEST, load_shards, shard_manifest
@@ -89,6 +89,12 @@ def _prepare(cfg: DataConfig, out_dir: Path, scratch: Path, seed: int, eval_text
         _require_rows(len(cleaned[split]), _all_removed(split, steps[split]))
     if "validation" not in cleaned:
         cleaned = _split_off_validation(cleaned["train"], cfg.val_ratio, seed)
+    if (cfg.mix.corpus, cfg.mix.tasks) != (1.0, 0.0):
+        cleaned["train"], cleaned["validation"], report = mix_validation(
+            cleaned["train"], cleaned["validation"], cfg.mix, cfg.val_ratio, seed)
+        steps.setdefault("validation", []).append(report)
+        _require_rows(len(cleaned["validation"]), "data.mix left no validation row: set data.mix.corpus above 0 "
+                      "or data.mix.tasks above 0 with task training text")
     if cfg.cleaning.decontamination.enabled:
         cleaned["train"], report = _decontaminate(cleaned, eval_texts or {}, cfg, mapper)
         steps["train"].append(report)

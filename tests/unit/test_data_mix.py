@@ -34,12 +34,13 @@ def test_task_text_joins_and_each_kind_is_repeated_by_its_weight(tmp_path):
     report = prepare_data(data_cfg(tmp_path, "data.mix.tasks=2"), tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
     counts = train_sources(tmp_path / "out")
     task_rows = {row: n for (kind, row), n in counts.items() if kind == "finetune.classification"}
-    assert len(task_rows) == 20 and set(task_rows.values()) == {2}  # every task document, twice
+    # every task document twice, but the one held out for validation (data.val_ratio=0.05 of 20)
+    assert len(task_rows) == 19 and set(task_rows.values()) == {2}
     assert {n for (kind, _), n in counts.items() if kind == "corpus"} == {1}
     steps = {s["step"]: s for s in report["steps"]["train"]}
     assert steps["read"]["details"]["task_text_rows"] == {"finetune.classification": 20}
-    assert steps["mix"]["details"]["tasks"] == {"rows": 20, "weight": 2.0, "rows_out": 40}
-    assert steps["mix"]["rows_out"] == steps["mix"]["rows_in"] + 20
+    assert steps["mix"]["details"]["tasks"] == {"rows": 19, "weight": 2.0, "rows_out": 38}
+    assert steps["mix"]["rows_out"] == steps["mix"]["rows_in"] + 19
 
 
 def test_a_fractional_weight_samples_the_rows_with_the_seed(tmp_path):
@@ -64,3 +65,30 @@ def test_task_text_is_part_of_the_data_key_and_needs_a_task(tmp_path):
     assert data_key(load_config(base)) != data_key(load_config([*base, "data.mix.tasks=1"]))
     with pytest.raises(ConfigError, match=r"data.mix.tasks=1.0 .* no task is selected: add finetune="):
         load_config(["data.mix.tasks=1"])
+
+
+def validation_sources(out: Path) -> Counter:
+    validation = load_prepared(out)["validation"]
+    return Counter(source.split(":")[0] if source.startswith("finetune.") else "corpus"
+                   for source in validation["source"])
+
+
+def test_validation_holds_out_task_rows_beside_the_corpus_held_out_text(tmp_path):
+    cfg = data_cfg(tmp_path, "data.mix.tasks=1", "data.val_ratio=0.2")
+    report = prepare_data(cfg, tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
+    assert validation_sources(tmp_path / "out") == {"corpus": 6, "finetune.classification": 4}
+    train_rows = {row for kind, row in train_sources(tmp_path / "out") if kind == "finetune.classification"}
+    held = {row for source, row in zip(*(load_prepared(tmp_path / "out")["validation"][c] for c in ("source", "row")))
+            if source.startswith("finetune.")}
+    assert len(train_rows) == 16 and not train_rows & held  # a held-out task row is never trained on
+    mix = report["steps"]["validation"][-1]
+    assert (mix["step"], mix["details"]["task_rows_held_out"]) == ("mix", 4)
+
+
+def test_a_corpus_weighed_0_leaves_validation_to_the_task_rows(tmp_path):
+    """Pretraining on task text alone picks its best checkpoint on held-out task text."""
+    cfg = data_cfg(tmp_path, "data.mix.corpus=0", "data.mix.tasks=1", "data.val_ratio=0.2")
+    report = prepare_data(cfg, tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
+    assert validation_sources(tmp_path / "out") == {"finetune.classification": 4}
+    assert {kind for kind, _ in train_sources(tmp_path / "out")} == {"finetune.classification"}
+    assert report["steps"]["validation"][-1]["dropped"] == {"corpus_weighed_0": 6}

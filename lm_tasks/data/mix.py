@@ -83,14 +83,14 @@ def mix_validation(train: Dataset, validation: Dataset, mix: MixConfig, val_rati
         held[rng.choice(task_rows, count, replace=False)] = True
         validation = concatenate_datasets([validation, train.select(np.flatnonzero(held))])
         train, moved = train.select(np.flatnonzero(~held)), count
-    dropped = 0
+    report = StepReport("mix", rows_in, 0, bytes_in, 0, details={"task_rows_held_out": moved})
     if mix.corpus == 0:
         is_task = _is_task(validation)
-        dropped = int((~is_task).sum())
-        validation = validation.select(np.flatnonzero(is_task))
-    report = StepReport("mix", rows_in, len(validation), bytes_in, _bytes(validation),
-                        dropped={"corpus_weighed_0": dropped} if dropped else {},
-                        details={"task_rows_held_out": moved})
+        if not is_task.all():
+            report.dropped["corpus_weighed_0"] = int((~is_task).sum())
+            report.dropped_bytes["corpus_weighed_0"] = _bytes(validation.select(np.flatnonzero(~is_task)))
+            validation = validation.select(np.flatnonzero(is_task))
+    report.rows_out, report.bytes_out = len(validation), _bytes(validation)
     return train, validation, report
 
 

@@ -91,4 +91,7 @@ def test_a_corpus_weighed_0_leaves_validation_to_the_task_rows(tmp_path):
     report = prepare_data(cfg, tmp_path / "out", seed=0, task_texts=TASK_TEXTS)
     assert validation_sources(tmp_path / "out") == {"finetune.classification": 4}
     assert {kind for kind, _ in train_sources(tmp_path / "out")} == {"finetune.classification"}
-    assert report["steps"]["validation"][-1]["dropped"] == {"corpus_weighed_0": 6}
+    mix = report["steps"]["validation"][-1]
+    assert mix["dropped"] == {"corpus_weighed_0": 6} and mix["dropped_bytes"]["corpus_weighed_0"] > 6 * 100
+    assert mix["rows_in"] + mix["details"]["task_rows_held_out"] - 6 == mix["rows_out"] == 4
+    assert mix["bytes_in"] == mix["dropped_bytes"]["corpus_weighed_0"]  # the corpus's held-out text, all of it

@@ -77,9 +77,9 @@ def evaluation_texts(cfg: TaskConfig, seed: int) -> list[str]:
     decontaminating the pretraining data against them."""
     dataset = load_task_data(cfg, seed)[0]
     texts = []
-    for split in ("validation", "test"):
+    for split in (name for name in ("validation", "test") if name in dataset):
         for field in TEXT_FIELDS[cfg.task]:
-            texts += [t for t in dataset[split][field] if isinstance(t, str) and t] if split in dataset else []
+            texts += [t for t in dataset[split][field] if isinstance(t, str) and t]
     return texts
 
 

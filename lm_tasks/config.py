@@ -390,6 +390,9 @@ class TaskConfig:
     n_best: int
     allow_no_answer: bool
     cv_folds: Optional[int] = None  # k-fold cross-validation on the train split before the final model
+    dropout: Optional[float] = None  # the backbone's and head's dropout while fine-tuning; None: the pretrained rate
+    layer_lr_decay: float = 1.0  # each layer's lr is the one above times this (the head at lr); 1: one lr
+    extractive: bool = False  # summarization: the source sentence the model scores most likely, not generated
 
     def __post_init__(self) -> None:
         _check_choice("finetune.<task>.task", self.task, TASKS)
@@ -398,6 +401,15 @@ class TaskConfig:
         missing = [f for f in TASK_FIELDS[self.task] if f not in self.data.columns]
         if missing:
             raise ConfigError(f"finetune.{self.task}.data.columns needs a column for {', '.join(missing)}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"finetune.{self.task}.dropout={self.dropout} must be in [0, 1) (null: the "
+                              "pretrained model's rate)")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ConfigError(f"finetune.{self.task}.layer_lr_decay={self.layer_lr_decay} must be in (0, 1] "
+                              "(1: every layer at finetune.<task>.lr)")
+        if self.extractive and self.task != "summarization":
+            raise ConfigError(f"finetune.{self.task}.extractive: extractive decoding picks a source sentence as "
+                              "a summary; only summarization has it")
         if self.cv_folds is not None and self.cv_folds < 2:
             raise ConfigError(f"finetune.{self.task}.cv_folds={self.cv_folds}: cross-validation needs at least 2 "
                               "folds; set null to turn it off")

@@ -47,12 +47,39 @@ class CausalLM(nn.Module):
         """Training FLOPs per token (forward and backward): 6 per parameter, each used once per token."""
         return 6.0 * self.num_parameters()
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices (linear, recurrent and embedding weights); never biases or norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    def optimizer_groups(self, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+        """Decay matrices (linear, recurrent and embedding weights); never biases or norm gains.
+
+        With layer_lr_decay < 1 (layer-wise learning-rate decay, for fine-tuning) each group also
+        carries an `lr_scale`: 1 above the layers, layer_lr_decay ** k for the k-th layer from the
+        top, the embeddings one step below the first layer; `build_optimizer` applies it.
+        """
+        groups: dict[tuple[float, bool], dict] = {}
+        for name, p in self.named_parameters():  # a tied weight once, under its first name
+            if not p.requires_grad:
+                continue
+            scale = layer_lr_decay ** (self.config.n_layer + 1 - self.layer_of(name)) if layer_lr_decay != 1 else 1.0
+            decays = p.dim() >= 2
+            group = groups.setdefault((scale, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0})
+            if layer_lr_decay != 1:
+                group["lr_scale"] = scale
+            group["params"].append(p)
+        return sorted(groups.values(), key=lambda g: (-g.get("lr_scale", 1.0), g["weight_decay"] == 0.0))
+
+    def layer_of(self, name: str) -> int:
+        """The depth of a parameter by its name: 0 the embeddings, 1 to n_layer the layers,
+        n_layer + 1 what sits above them (final norm, output head)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which layer its parameters belong to")
+
+    def set_dropout(self, p: float) -> None:
+        """Every dropout rate of the model to p: fine-tuning on a small task may regularise a
+        model that was pretrained without dropout (finetune.<task>.dropout)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, nn.RNNBase) and module.num_layers > 1:
+                module.dropout = p
 
     def hidden_matrices(self) -> list[torch.Tensor]:
         """The weights of the linear maps inside the network: what Muon optimises (optim.name=muon).

@@ -148,7 +148,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.n_head, self.dropout, self.layer = cfg.n_head, cfg.dropout, layer
+        self.n_head, self.layer = cfg.n_head, layer
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -174,7 +174,7 @@ class CausalSelfAttention(nn.Module):
         if k.size(2) != T and T != 1:
             raise ValueError("With a non-empty KV cache, feed one token at a time")
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=k.size(2) == T and T > 1, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=k.size(2) == T and T > 1, dropout_p=self.resid_dropout.p if self.training else 0.0
         )  # (B, H, T, C/H)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         y = self.proj(y)
@@ -280,6 +280,11 @@ class GPT(CausalLM):
     @property
     def hidden_size(self) -> int:
         return self.config.n_embd
+
+    def layer_of(self, name: str) -> int:
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return 0 if name.startswith(("wte.", "wpe.")) else self.config.n_layer + 1
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -85,6 +85,11 @@ class RecurrentLM(CausalLM):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    def layer_of(self, name: str) -> int:
+        if name.startswith("rnn."):  # rnn.weight_ih_l0, rnn.bias_hh_l1, ...
+            return int(name.rsplit("_l", 1)[1]) + 1
+        return 0 if name.startswith("wte.") else self.config.n_layer + 1
+
     def hidden_states(self, idx: torch.Tensor, cache: RecurrentState | None = None) -> torch.Tensor:
         """idx (B, T) -> the last layer's outputs (B, T, H); a cache continues from its state."""
         x = self.wte(idx)  # (B, T, E)

@@ -22,4 +22,4 @@ def build_adapter(task_cfg: TaskConfig, info: dict, model_config, tokenizer: Tok
         return QAAdapter(max_length, task_cfg.stride, task_cfg.max_answer_tokens, task_cfg.n_best, sep_id,
                          model_config.pad_id, task_cfg.allow_no_answer)
     return Seq2SeqAdapter(task_cfg.task, max_length, sep_id, model_config.eos_id, model_config.pad_id,
-                          task_cfg.num_beams, task_cfg.max_new_tokens, tokenizer)
+                          task_cfg.num_beams, task_cfg.max_new_tokens, tokenizer, task_cfg.extractive)

@@ -8,6 +8,12 @@ time (`CausalLM.decode_each`), each prompt's result the one it gets alone.
 
 Length rule: the target keeps at most half of `max_length`; the source is cut from
 its end to fit the rest. Truncated rows are counted and reported.
+
+Extractive summaries (`finetune.summarization.extractive`): instead of generating, the
+model scores each sentence of the source as the summary after the separator (its mean
+cross-entropy per token, the end-of-text included) and the summary is the sentence it finds
+most likely. The fine-tuned model still decides what a summary is; the output is then
+always fluent text from the document, which a small model's generations often are not.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 class Seq2SeqAdapter:
     def __init__(self, task: str, max_length: int, sep_id: int, eos_id: int, pad_id: int,
-                 num_beams: int, max_new_tokens: int, tokenizer: Tokenizer):
+                 num_beams: int, max_new_tokens: int, tokenizer: Tokenizer, extractive: bool = False):
         self.task, self.max_length = task, max_length
         self.sep_id, self.eos_id, self.pad_id = sep_id, eos_id, pad_id
         self.num_beams, self.max_new_tokens, self.tokenizer = num_beams, max_new_tokens, tokenizer
+        self.extractive = extractive
 
     def build_head(self, model: CausalLM) -> nn.Module:
         return nn.Identity()  # the language-model head is the task head
@@ -51,24 +58,52 @@ class Seq2SeqAdapter:
             rows["labels"].append([IGNORE] * len(source_ids) + target_ids + [self.eos_id])
             rows["prompt_ids"].append(source_ids + [self.sep_id])
             rows["reference"].append(text)
+        if self.extractive:
+            rows["source"] = list(ds["source"])
         return Dataset.from_dict(rows), truncated
 
     def collate(self, rows: list[dict]) -> dict:
         idx = pad([r["input_ids"] for r in rows], self.pad_id)
         labels = pad([r["labels"] for r in rows], IGNORE)
-        return {"idx": idx, "labels": labels, "prompts": [r["prompt_ids"] for r in rows],
-                "references": [r["reference"] for r in rows]}
+        batch = {"idx": idx, "labels": labels, "prompts": [r["prompt_ids"] for r in rows],
+                 "references": [r["reference"] for r in rows]}
+        if self.extractive:
+            batch["sources"] = [r["source"] for r in rows]
+        return batch
 
     def loss(self, model: CausalLM, head: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["idx"], batch["labels"])[1]
 
     def predict(self, model: CausalLM, head: nn.Module, batch: dict) -> list[dict]:
-        """The batch's prompts decoded together (greedy or beam search), each as it decodes alone."""
+        """The batch's prompts decoded together (greedy or beam search), each as it decodes alone;
+        or, extractive, each source's sentence the model finds most likely as its summary."""
+        if self.extractive:
+            return [{"text": self.extract(model, source)} for source in batch["sources"]]
         prompts = [prompt[-(model.config.block_size - 1):] for prompt in batch["prompts"]]
         generated = model.decode_each(prompts, self.max_new_tokens, eos_id=self.eos_id, num_beams=self.num_beams,
                                       batch_size=len(prompts))
         return [{"text": self.tokenizer.decode([t for t in new if t not in (self.eos_id, self.pad_id)]).strip()}
                 for new in generated]
+
+    @torch.no_grad()
+    def extract(self, model: CausalLM, source: str, chunk: int = 16) -> str:
+        """The sentence of `source` with the lowest mean cross-entropy as the continuation of
+        `source <sep>`, each scored as the model was trained: source cut to fit, then <eos>."""
+        sentences = [part for part in _SENTENCE_END.split(source.strip()) if part] or [source]
+        source_ids = self.tokenizer.encode(source, add_special_tokens=False).ids
+        inputs, labels = [], []
+        for encoded in self.tokenizer.encode_batch(sentences, add_special_tokens=False):
+            candidate = encoded.ids[: self.max_length // 2]
+            kept = source_ids[: self.max_length - len(candidate) - 2]
+            sequence = kept + [self.sep_id] + candidate + [self.eos_id]
+            inputs.append(sequence[:-1])
+            labels.append([IGNORE] * len(kept) + candidate + [self.eos_id])
+        scores = []
+        for start in range(0, len(inputs), chunk):
+            targets = pad(labels[start:start + chunk], IGNORE).to(model.device)
+            losses = model.token_losses(pad(inputs[start:start + chunk], self.pad_id).to(model.device), targets)
+            scores += (losses.sum(1) / (targets != IGNORE).sum(1)).tolist()
+        return sentences[min(range(len(scores)), key=scores.__getitem__)]
 
     def references(self, batch: dict) -> list[str]:
         return batch["references"]
@@ -92,7 +127,7 @@ class Seq2SeqAdapter:
 
     def describe(self) -> dict:
         return {"task": self.task, "sep_id": self.sep_id, "num_beams": self.num_beams,
-                "max_new_tokens": self.max_new_tokens, "max_length": self.max_length}
+                "max_new_tokens": self.max_new_tokens, "max_length": self.max_length, "extractive": self.extractive}
 
     def record(self, row: dict, prediction: dict, reference: str) -> dict:
         return {"source": row["source"], "prediction": prediction["text"], "reference": reference}

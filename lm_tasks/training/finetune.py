@@ -86,7 +86,7 @@ class FinetuneModule(RestoresRNG):
         self._predictions, self._references = [], []
 
     def configure_optimizers(self):
-        groups = self.model.optimizer_groups(self.task_cfg.weight_decay)
+        groups = self.model.optimizer_groups(self.task_cfg.weight_decay, self.task_cfg.layer_lr_decay)
         groups.append({"params": list(self.head.parameters()), "weight_decay": 0.0})
         optimizer, scheduler = build_optimizer(groups, self.task_cfg.optim(), self.task_cfg.max_steps,
                                                on_cuda=self.device.type == "cuda",
@@ -133,6 +133,8 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     if not model.trainable:
         raise ConfigError(f"{pretrained_dir} is a {model.config.family} model, which has no hidden states to "
                           "fine-tune; fine-tune a gpt, rnn, lstm or gru model")
+    if task_cfg.dropout is not None:
+        model.set_dropout(task_cfg.dropout)  # a small task may need dropout the pretraining did without
     max_length = task_cfg.max_length or model.config.block_size
     if max_length > model.config.block_size:
         raise ValueError(f"finetune.{task_name}.max_length={max_length} exceeds the pretrained "

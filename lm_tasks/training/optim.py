@@ -55,6 +55,8 @@ def build_optimizer(param_groups: list[dict], cfg: OptimConfig, total_steps: int
     optimizer step.
     """
     fused = on_cuda if cfg.fused is None else cfg.fused
+    for group in param_groups:  # layer-wise learning-rate decay (CausalLM.optimizer_groups)
+        group["lr"] = cfg.lr * group.pop("lr_scale", 1.0)
     adamw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
     if cfg.name == "muon":
         optimizer = MuonWithAdamW(param_groups, hidden_matrices or [], cfg, adamw)

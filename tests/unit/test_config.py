@@ -74,6 +74,15 @@ def test_invalid_values_fail_with_reason(override, message):
         load_config([override])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("dropout=1.0", r"finetune.classification.dropout=1.0 must be in \[0, 1\)"),
+    ("layer_lr_decay=0.0", r"finetune.classification.layer_lr_decay=0.0 must be in \(0, 1\]"),
+])
+def test_invalid_fine_tuning_values_fail_with_reason(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(["finetune=classification", f"finetune.classification.{override}"])
+
+
 def test_wrong_type_is_a_config_error():
     with pytest.raises(ConfigError, match="n_layer"):
         load_config(["model.n_layer=many"])

@@ -272,3 +272,19 @@ def test_a_family_needs_its_own_keys():
         load_config(["model=lstm", "model.order=3"])
     with pytest.raises(ConfigError, match="model.family='lsmt' is not one of .* Did you mean 'lstm'"):
         load_config(["model=lstm", "model.family=lsmt"])
+
+
+@pytest.mark.parametrize("family", ["gpt", *CELLS])
+def test_set_dropout_changes_every_rate_of_the_model(family):
+    """finetune.<task>.dropout: a model pretrained without dropout regularises in fine-tuning."""
+    torch.manual_seed(0)
+    model = build_model(build_config(family, vocab_size=VOCAB, block_size=12, n_layer=2, n_embd=16, n_head=2))
+    idx = torch.randint(0, VOCAB, (2, 12))
+    model.train()
+    assert torch.equal(model(idx)[0], model(idx)[0])  # pretrained without dropout: deterministic
+    model.set_dropout(0.3)
+    assert model.config.dropout == 0.3
+    assert all(m.p == 0.3 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert not torch.equal(model(idx)[0], model(idx)[0])  # now dropping out, attention included for gpt
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])  # never at inference

@@ -27,6 +27,26 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(decay, decay[1:]))
 
 
+def test_layer_wise_lr_decay_scales_each_layer_below_the_head():
+    """finetune.<task>.layer_lr_decay: the head and final norm at lr, each layer below at decay times the one above."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    optimizer, scheduler = build_optimizer(model.optimizer_groups(0.1, layer_lr_decay=0.5), CFG, total_steps=30)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter once, the tied head included
+    warm = lr_at(0, CFG, 30)  # the scheduler's first factor, the same for every group
+    assert lr_of[id(model.ln_f.weight)] == pytest.approx((warm, 0.0))
+    assert lr_of[id(model.blocks[1].attn.qkv.weight)] == pytest.approx((warm * 0.5, 0.1))
+    assert lr_of[id(model.blocks[0].ln_1.weight)] == pytest.approx((warm * 0.25, 0.0))
+    assert lr_of[id(model.wte.weight)] == pytest.approx((warm * 0.125, 0.1))
+    for _ in range(15):
+        optimizer.step()
+        scheduler.step()
+    assert sorted({round(g["lr"] / lr_at(15, CFG, 30), 9) for g in optimizer.param_groups}) == [0.125, 0.25, 0.5, 1]
+    plain = model.optimizer_groups(0.1)  # without decay: the two groups of decaying and other weights
+    assert [g["weight_decay"] for g in plain] == [0.1, 0.0] and "lr_scale" not in plain[0]
+
+
 def test_scheduler_follows_lr_at():
     param = torch.nn.Parameter(torch.zeros(2, 2))
     optimizer, scheduler = build_optimizer([{"params": [param], "weight_decay": 0.1}], CFG, total_steps=30)

@@ -78,3 +78,38 @@ def test_predict_decodes_new_tokens_only(tokenizer):
     [prediction] = a.predict(model, None, {"idx": torch.zeros(1, 1, dtype=torch.long), "prompts": [prompt]})
     expected = model.generate(torch.tensor([prompt]), 8, temperature=0, eos_id=0)[0, len(prompt):].tolist()
     assert prediction["text"] == tokenizer.decode([t for t in expected if t not in (0, 1)]).strip()
+
+
+def test_extractive_summary_is_the_source_sentence_the_model_learned_to_continue_with(tokenizer):
+    """finetune.summarization.extractive: a model trained to answer "source <sep>" with the
+    sentence about the harbour picks that sentence, wherever it stands in the source."""
+    a = Seq2SeqAdapter("summarization", 64, sep_id=3, eos_id=0, pad_id=1, num_beams=1, max_new_tokens=8,
+                       tokenizer=tokenizer, extractive=True)
+    sentences = ["the fox sees the dog.", "a report about the harbour.", "in the end it rained."]
+    sources = [" ".join(sentences[i:] + sentences[:i]) for i in range(3)]  # the harbour first, second, last
+    train = Dataset.from_dict({"source": sources, "target": ["a report about the harbour."] * 3})
+    encoded, _ = a.encode(train, tokenizer)
+    assert encoded[0]["source"] == sources[0]  # extractive rows keep their source text
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), block_size=64, n_layer=1, n_head=2, n_embd=32,
+                          eos_id=0, pad_id=1))
+    untrained = [a.extract(model.eval(), source) for source in sources]
+    assert untrained == [a.extract(model, source, chunk=1) for source in sources]  # chunking changes nothing
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = a.collate(list(encoded))
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        a.loss(model, None, batch).backward()
+        optimizer.step()
+    model.eval()
+    predictions = a.predict(model, None, batch)
+    assert [p["text"] for p in predictions] == ["a report about the harbour."] * 3
+    assert a.describe()["extractive"] is True
+
+
+def test_only_summarization_decodes_extractively():
+    from lm_tasks.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="only summarization has it"):
+        load_config(["finetune=translation", "finetune.translation.extractive=true"])

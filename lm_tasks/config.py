@@ -162,13 +162,15 @@ class DataConfig:
     dask_address: Optional[str] = None  # (executor=dask) scheduler address; null: the cluster this runs on, or a local one
     partitions: Optional[int] = None  # (executor=dask) row ranges per pass; null: 2 per worker
     mix: MixConfig = field(default_factory=MixConfig)
+    format: str = "auto"  # local files: auto (by extension, under .gz / .zst) | txt | jsonl | json | csv | parquet
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("embedded", "hub", "local"))
+        _check_choice("data.format", self.format, ("auto", "txt", "jsonl", "json", "csv", "parquet"))
         _check_choice("data.executor", self.executor, ("local", "dask"))
         if self.partitions is not None and self.partitions < 1:
             raise ConfigError(f"data.partitions must be >= 1 or null, got {self.partitions}")
-        _check_choice("data.txt_sample_by", self.txt_sample_by, ("line", "paragraph", "document"))
+        _check_choice("data.txt_sample_by", self.txt_sample_by, ("auto", "line", "paragraph", "document"))
         if self.source == "local" and not self.files:
             raise ConfigError(
                 "data=local needs files: pass data.files=[path/to/file.txt] "

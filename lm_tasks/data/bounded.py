@@ -59,14 +59,11 @@ def _whole_line_ends(f: BinaryIO) -> Iterator[bytes]:
 
 
 def starts_json_array(f: BinaryIO) -> bool:
-    """Whether the first non-blank byte is "["; the file is read from its start again after."""
-    try:
-        for chunk in chunks(f):
-            if chunk.strip():
-                return chunk.lstrip().startswith(b"[")
-        return False
-    finally:
-        f.seek(0)
+    """Whether the first non-blank byte is "[" (it reads from `f`: seek back or reopen after)."""
+    for chunk in chunks(f):
+        if chunk.strip():
+            return chunk.lstrip().startswith(b"[")
+    return False
 
 
 def lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes | Oversized, int]]:

@@ -16,9 +16,14 @@ Local files come from untrusted hands: they are read by bounded streaming reader
 (lm_tasks/data/bounded.py) that never hold more than `data.max_record_bytes` of one
 record, whatever the file holds; a longer record is read past in chunks, skipped and
 counted, before anything is decoded or normalised. Errors name the file and line:
+- any format but parquet: `.gz` and `.zst` files are decompressed, UTF-16/32 text (by its
+  byte-order mark) transcoded, while streaming (lm_tasks/data/opening.py); `data.format`
+  names the format of files whose extension does not (WikiText's `.raw`, `.tokens`).
 - txt: decoded as UTF-8 with invalid bytes replaced by U+FFFD (normalisation then
   removes them and counts the rows); a leading BOM is dropped; CRLF, CR and LF all
-  end a line. A paragraph (or, with `txt_sample_by=document`, the whole file) is one record.
+  end a line. A paragraph (or, with `txt_sample_by=document`, the whole file, or with
+  `line` a line) is one record; `auto` takes paragraphs unless the file's first 200
+  lines hold no blank one (a record per line, the common layout), and logs which.
 - jsonl: a line that is not valid JSON, or a record without the text field, is an
   error naming the file and line. Empty lines are skipped. A .json file holding one
   JSON array is streamed record by record; its rows are numbered by record (1-based).
@@ -47,18 +52,19 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
 
 from lm_tasks.config import DataConfig
-from lm_tasks.data.bounded import BOM, Oversized, csv_records, json_array, lines, starts_json_array
+from lm_tasks.data.bounded import BOM, CHUNK, Oversized, csv_records, json_array, lines, starts_json_array
 from lm_tasks.data.cleaning import StepReport, column_values
 from lm_tasks.data.embedded import embedded_corpus
 from lm_tasks.data.files import DataSourceError, expand_files
 from lm_tasks.data.mapping import DaskMap
+from lm_tasks.data.opening import COMPRESSED, DECOMPRESSION_ERRORS, file_format, open_utf8
 
 log = logging.getLogger(__name__)
 
 # `oversized`: 0, or the size in bytes of a record skipped for its size (removed by load_raw).
 FEATURES = Features({"text": Value("string"), "source": Value("string"), "row": Value("int64"),
                      "oversized": Value("int64")})
-READERS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+LAYOUT_LINES, LAYOUT_MIN_LINES = 200, 20  # txt_sample_by=auto: the lines looked at, the fewest that decide
 _BATCH_ROWS = 1000
 _BATCH_CHARS = 1 << 23  # 8 Mi characters: at most 32 MiB of UTF-8 text per batch
 CSV_FIELD_LIMIT = 1 << 17  # Python's default field limit: never lowered below it
@@ -212,12 +218,10 @@ def _read_rows(rows, column: str, source: str, limit: int) -> Iterator[dict]:
 
 def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str | Path, mapper=None) -> Dataset:
     files = expand_files(patterns, key)
-    unknown = sorted({Path(f).suffix.lower() for f in files} - set(READERS))
-    if unknown:
-        raise DataSourceError(f"Unsupported file type {unknown} in {key}; local files must be one of "
-                              f"{list(READERS)}")
+    for path in files:
+        file_format(path, cfg.format)  # an unknown format fails here, before anything is read
     kwargs = {"files": files, "column": cfg.text_column, "sample_by": cfg.txt_sample_by,
-              "limit": cfg.max_record_bytes}
+              "limit": cfg.max_record_bytes, "configured_format": cfg.format}
     # max_rows / max_bytes cut the files read in order: only a whole read can be spread
     if isinstance(mapper, DaskMap) and len(files) > 1 and cfg.max_rows is None and cfg.max_bytes is None:
         calls = [(_read_files, {**kwargs, "files": [file]}, cfg, scratch_dir) for file in files]
@@ -225,19 +229,50 @@ def _load_files(cfg: DataConfig, patterns: list[str], key: str, scratch_dir: str
     return _generate(_read_files, kwargs, cfg, scratch_dir)
 
 
-def _read_files(files: list[str], column: str, sample_by: str, limit: int) -> Iterator[dict]:
+def _read_files(files: list[str], column: str, sample_by: str, limit: int, configured_format: str) -> Iterator[dict]:
     for path in files:
-        suffix = Path(path).suffix.lower()
-        if suffix == ".parquet":
-            yield from _read_parquet(path, column, limit)
-            continue
-        with open(path, "rb") as f:
-            if suffix == ".txt":
-                yield from _read_txt(f, path, sample_by, limit)
-            elif suffix in (".jsonl", ".json"):
-                yield from _read_json(f, path, column, limit)
-            else:
-                yield from _read_csv(f, path, column, limit)
+        try:
+            yield from _read_file(path, file_format(path, configured_format), column, sample_by, limit)
+        except DECOMPRESSION_ERRORS as err:
+            raise DataSourceError(f"{path}: cannot decompress it ({type(err).__name__}: {err})") from None
+
+
+def _read_file(path: str, kind: str, column: str, sample_by: str, limit: int) -> Iterator[dict]:
+    if kind == "parquet":
+        if Path(path).suffix.lower() in COMPRESSED:
+            raise DataSourceError(f"{path}: parquet compresses its own columns; decompress the file first")
+        yield from _read_parquet(path, column, limit)
+        return
+    if kind in ("jsonl", "json"):
+        with open_utf8(path) as f:
+            array = starts_json_array(f)
+    if kind == "txt" and sample_by == "auto":
+        sample_by = _txt_layout(path, limit)
+    with open_utf8(path) as f:
+        if kind == "txt":
+            yield from _read_txt(f, path, sample_by, limit)
+        elif kind == "csv":
+            yield from _read_csv(f, path, column, limit)
+        else:
+            yield from _read_json(f, path, column, limit, array)
+
+
+def _txt_layout(path: str, limit: int) -> str:
+    """`txt_sample_by=auto`: a paragraph per record, unless the file's first lines (at least
+    LAYOUT_MIN_LINES of them) hold no blank one: then a line per record, and the log says so."""
+    seen = 0
+    with open_utf8(path) as f:
+        for line, _ in lines(f, limit):
+            if not isinstance(line, Oversized) and not line.strip():
+                return "paragraph"
+            seen += 1
+            if seen == LAYOUT_LINES:
+                break
+    if seen < LAYOUT_MIN_LINES:
+        return "paragraph"
+    log.warning("%s has no blank line in its first %d lines: read one record per line (data.txt_sample_by=auto; "
+                "set it to paragraph or line to choose)", path, seen)
+    return "line"
 
 
 def _record(text: str, source: str, row: int) -> dict:
@@ -256,8 +291,10 @@ def _decode(data: bytes) -> str:
 def _read_txt(f: BinaryIO, path: str, sample_by: str, limit: int) -> Iterator[dict]:
     if sample_by == "document":
         data = f.read(limit + len(BOM) + 1).removeprefix(BOM)
-        size = os.fstat(f.fileno()).st_size
-        yield _oversized(path, 1, size) if len(data) > limit else _record(_decode(data), path, 1)
+        if len(data) > limit:  # read past (the stream may be decompressed: no size to ask for)
+            yield _oversized(path, 1, len(data) + sum(len(chunk) for chunk in iter(lambda: f.read(CHUNK), b"")))
+        else:
+            yield _record(_decode(data), path, 1)
         return
     paragraph: list[str] | None = []  # None once the paragraph is past the limit
     start = size = 0
@@ -285,8 +322,8 @@ def _paragraph(lines_: list[str] | None, path: str, start: int, size: int) -> di
     return _oversized(path, start, size) if lines_ is None else _record("".join(lines_), path, start)
 
 
-def _read_json(f: BinaryIO, path: str, column: str, limit: int) -> Iterator[dict]:
-    if starts_json_array(f):  # one JSON array of records, streamed one record at a time
+def _read_json(f: BinaryIO, path: str, column: str, limit: int, array: bool) -> Iterator[dict]:
+    if array:  # one JSON array of records, streamed one record at a time
         try:
             for number, (data, size, line) in enumerate(json_array(f, limit, path), start=1):
                 if data is None:

@@ -221,9 +221,12 @@ def check_record_sizes(path: str, limit: int) -> None:
     if Path(path).suffix.lower() == ".parquet":
         return _check_parquet(path, limit)
     with open(path, "rb") as f:
-        if Path(path).suffix.lower() == ".csv":
+        is_csv = Path(path).suffix.lower() == ".csv"
+        array = not is_csv and starts_json_array(f)
+        f.seek(0)
+        if is_csv:
             records = csv_records(f, limit)
-        elif starts_json_array(f):
+        elif array:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise DataSourceError(f"{path} is a JSON array of {size:,} bytes, which is read whole; task files "

@@ -4,6 +4,7 @@ A tokenizer trained on what is kept round-trips every kept row exactly."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import unicodedata
@@ -138,6 +139,73 @@ def test_line_endings(tmp_path, newline):
 def test_bom_is_removed(tmp_path):
     run(tmp_path, "\ufeff" + good_text())
     assert sorted(kept_texts(tmp_path)) == sorted(GOOD)
+
+
+# --- layouts, encodings, compression and formats (lm_tasks/data/opening.py) ---------------
+
+
+def texts_of(tmp_path, name: str, content: bytes, *overrides: str) -> list[str]:
+    """The sorted kept texts of one file, read in its own folder."""
+    folder = tmp_path / f"read-{name}"
+    folder.mkdir()
+    run(folder, content, name, *overrides)
+    return sorted(kept_texts(folder))
+
+
+def test_txt_without_blank_lines_is_read_a_record_per_line_and_says_so(tmp_path, caplog):
+    one_per_line = "\n".join(GOOD).encode()
+    with caplog.at_level("WARNING"):
+        assert texts_of(tmp_path, "lines.txt", one_per_line) == sorted(GOOD)
+    assert "lines.txt has no blank line in its first 40 lines: read one record per line" in caplog.text
+    with pytest.raises(EmptyDataError, match="Only 1 row is left"):  # asked for paragraphs: one of 40 lines
+        run(tmp_path, one_per_line, "para.txt", "data.txt_sample_by=paragraph", "data.cleaning.max_chars=100000")
+
+
+@pytest.mark.parametrize("encoding,bom", [("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
+                                          ("utf-32-le", codecs.BOM_UTF32_LE), ("utf-32-be", codecs.BOM_UTF32_BE)])
+def test_utf16_and_utf32_text_is_transcoded_by_its_byte_order_mark(tmp_path, encoding, bom):
+    text = good_text() + "\n\nDéjà vu at the café 👍, one more paragraph of the test."
+    expected = texts_of(tmp_path, "utf8.txt", text.encode())
+    assert texts_of(tmp_path, "wide.txt", bom + text.encode(encoding)) == expected
+    assert len(expected) == len(GOOD) + 1
+    rows = "\n".join(json.dumps({"text": t}) for t in GOOD)
+    assert texts_of(tmp_path, "wide.jsonl", bom + rows.encode(encoding)) == sorted(GOOD)
+
+
+@pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.jsonl.gz", "corpus.txt.zst", "corpus.csv.zst"])
+def test_compressed_files_are_read_by_their_extension(tmp_path, name):
+    import gzip
+
+    import zstandard
+
+    kind = name.split(".")[1]
+    plain = {"txt": good_text(), "jsonl": "\n".join(json.dumps({"text": t}) for t in GOOD),
+             "csv": "text\n" + "\n".join(f'"{t}"' for t in GOOD)}[kind].encode()
+    packed = gzip.compress(plain) if name.endswith(".gz") else zstandard.ZstdCompressor().compress(plain)
+    assert texts_of(tmp_path, name, packed) == sorted(GOOD)
+
+
+def test_a_corrupt_compressed_file_is_named(tmp_path):
+    with pytest.raises(DataSourceError, match=r"broken.txt.gz: cannot decompress it \(BadGzipFile"):
+        run(tmp_path, b"this was never gzip", "broken.txt.gz")
+    with pytest.raises(DataSourceError, match=r"cut.txt.zst: cannot decompress it"):
+        import zstandard
+
+        run(tmp_path, zstandard.ZstdCompressor().compress(good_text().encode())[:-20], "cut.txt.zst")
+
+
+def test_a_compressed_parquet_file_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(DataSourceError, match=r"data.parquet.gz: parquet compresses its own columns"):
+        run(tmp_path, b"PAR1", "data.parquet.gz")
+
+
+@pytest.mark.parametrize("name", ["wiki.train.raw", "wiki.train.tokens", "CORPUS"])
+def test_plain_text_under_another_extension_reads_with_the_format_key(tmp_path, name):
+    named = "extension '.raw'" if name.endswith(".raw") else "extension '.tokens'" if name.endswith("s") \
+        else "no extension"
+    with pytest.raises(DataSourceError, match=rf"{name} has {named}, which names no format; set data.format to txt"):
+        run(tmp_path, good_text(), name)
+    assert texts_of(tmp_path, name, good_text().encode(), "data.format=txt") == sorted(GOOD)
 
 
 def test_nfc_and_nfd_forms_become_one_text(tmp_path):

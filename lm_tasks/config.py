@@ -137,6 +137,9 @@ class CleaningConfig:
             )
 
 
+DATA_FORMATS = ("txt", "jsonl", "json", "csv", "parquet")  # the local-file readers (lm_tasks/data/opening.py)
+
+
 @dataclass
 class DataConfig:
     name: str
@@ -166,7 +169,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("embedded", "hub", "local"))
-        _check_choice("data.format", self.format, ("auto", "txt", "jsonl", "json", "csv", "parquet"))
+        _check_choice("data.format", self.format, ("auto", *DATA_FORMATS))
         _check_choice("data.executor", self.executor, ("local", "dask"))
         if self.partitions is not None and self.partitions < 1:
             raise ConfigError(f"data.partitions must be >= 1 or null, got {self.partitions}")

@@ -20,10 +20,10 @@ from typing import BinaryIO
 
 import zstandard
 
+from lm_tasks.config import DATA_FORMATS
 from lm_tasks.data.bounded import CHUNK
 from lm_tasks.data.files import DataSourceError
 
-FORMATS = ("txt", "jsonl", "json", "csv", "parquet")
 COMPRESSED = (".gz", ".zst")
 # Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
 WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
@@ -40,7 +40,7 @@ def file_format(path: str, configured: str) -> str:
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
     extension = suffixes[-1].lstrip(".") if suffixes else ""
-    if extension in FORMATS:
+    if extension in DATA_FORMATS:
         return extension
     named = f"extension '.{extension}'" if extension else "no extension"
     raise DataSourceError(f"{path} has {named}, which names no format; set data.format to txt (plain text "

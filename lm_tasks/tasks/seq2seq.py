@@ -49,18 +49,23 @@ class Seq2SeqAdapter:
         targets = tokenizer.encode_batch(list(ds["target"]), add_special_tokens=False)
         rows, truncated = {"input_ids": [], "labels": [], "prompt_ids": [], "reference": []}, 0
         for source, target, text in zip(sources, targets, ds["target"]):
-            target_ids = target.ids[: self.max_length // 2]
-            source_ids = source.ids[: self.max_length - len(target_ids) - 2]  # room for <sep> and <eos>
+            source_ids, target_ids, input_ids, labels = self._example(source.ids, target.ids)
             truncated += len(target_ids) < len(target.ids) or len(source_ids) < len(source.ids)
-            sequence = source_ids + [self.sep_id] + target_ids + [self.eos_id]
-            rows["input_ids"].append(sequence[:-1])
-            # Position i predicts sequence[i + 1]; only target tokens and <eos> are scored.
-            rows["labels"].append([IGNORE] * len(source_ids) + target_ids + [self.eos_id])
+            rows["input_ids"].append(input_ids)
+            rows["labels"].append(labels)
             rows["prompt_ids"].append(source_ids + [self.sep_id])
             rows["reference"].append(text)
         if self.extractive:
             rows["source"] = list(ds["source"])
         return Dataset.from_dict(rows), truncated
+
+    def _example(self, source: list[int], target: list[int]):
+        """The length rule and the training sequence: (source kept, target kept, input ids, labels)."""
+        target = target[: self.max_length // 2]
+        source = source[: self.max_length - len(target) - 2]  # room for <sep> and <eos>
+        sequence = source + [self.sep_id] + target + [self.eos_id]
+        # Position i predicts sequence[i + 1]; only target tokens and <eos> are scored.
+        return source, target, sequence[:-1], [IGNORE] * len(source) + target + [self.eos_id]
 
     def collate(self, rows: list[dict]) -> dict:
         idx = pad([r["input_ids"] for r in rows], self.pad_id)
@@ -93,11 +98,9 @@ class Seq2SeqAdapter:
         source_ids = self.tokenizer.encode(source, add_special_tokens=False).ids
         inputs, labels = [], []
         for encoded in self.tokenizer.encode_batch(sentences, add_special_tokens=False):
-            candidate = encoded.ids[: self.max_length // 2]
-            kept = source_ids[: self.max_length - len(candidate) - 2]
-            sequence = kept + [self.sep_id] + candidate + [self.eos_id]
-            inputs.append(sequence[:-1])
-            labels.append([IGNORE] * len(kept) + candidate + [self.eos_id])
+            *_, input_ids, candidate_labels = self._example(source_ids, encoded.ids)
+            inputs.append(input_ids)
+            labels.append(candidate_labels)
         scores = []
         for start in range(0, len(inputs), chunk):
             targets = pad(labels[start:start + chunk], IGNORE).to(model.device)

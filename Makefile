@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # The temporary Prefect server takes 10-20 s to start on 2 busy cores; Prefect gives up at 20 s.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast docs clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test: $(STAMP)
 ## Unit tests only (seconds).
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" tests/unit $(ARGS)
+
+## The docs site on http://127.0.0.1:8000, rebuilt on every change (the configuration reference too).
+docs: $(STAMP)
+	$(PY) -m mkdocs serve
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -159,10 +159,11 @@ def gpt2_worker(part: str, root: Path) -> dict:
 def gpt2_lifecycle(root: Path) -> dict:
     """Pretraining killed by SIGKILL once its first checkpoint is written, resumed, then the rest."""
     from lm_tasks.config import load_config
-    from lm_tasks.stages import find, pretrain_key
+    from lm_tasks.stage_keys import pretrain_key
+    from lm_tasks.stages import find
 
     cfg = load_config([*base_overrides(root), *GPT2])
-    partial = Path(cfg.cache.store) / "pretrain" / f"{pretrain_key(cfg, find(cfg, 'tokenizer'))}.partial"
+    partial = Path(cfg.cache.store) / "pretrain" / f"{pretrain_key(cfg, find(cfg, 'tokenizer').digest)}.partial"
     pretrain = ["--worker", "gpt2", "--part", "pretrain", "--root", str(root)]
     killed = _worker(pretrain, kill_when=partial / "checkpoints" / "last.ckpt")
     resumed = _worker(pretrain)

@@ -28,7 +28,7 @@ from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
 from lm_tasks import lineage, promotion, tracking
 from lm_tasks.cache import StageCache
-from lm_tasks.stages import lifecycle_key
+from lm_tasks.stage_keys import lifecycle_key
 
 
 @flow(name="lifecycle")

@@ -84,6 +84,11 @@ def stage_key(stage: str, config: dict, code: list[str], inputs: dict[str, str])
     return digest_of({"stage": stage, "config": config, "code": code_version(code), "inputs": inputs})
 
 
+# Where a (stage, key) stands (StageCache.state).
+CACHED, IN_STORE, RUNNING, RESUMABLE, CORRUPT, MISSING = ("cached", "in store", "running", "resumable", "corrupt",
+                                                          "missing")
+
+
 @dataclass
 class Entry:
     """A committed cache entry: its folder and manifest."""
@@ -132,8 +137,34 @@ class StageCache:
                 return None
             else:
                 self._upload_if_missing(stage, key, entry)
+                touch(path)
                 return entry
         return self._fetch(stage, key)
+
+    def state(self, stage: str, key: str) -> tuple[str, dict | None]:
+        """Where (stage, key) stands, with nothing fetched, resumed or removed: CACHED or
+        IN_STORE with the entry's manifest; RUNNING (another process holds its lock),
+        RESUMABLE (an interrupted attempt left checkpoints), CORRUPT (refused, it will be
+        recomputed) or MISSING, without one."""
+        path = self.entry_dir(stage, key)
+        if path.exists() or path.is_symlink():
+            try:
+                return CACHED, verify(path, key, self.stamps)
+            except CorruptEntryError:
+                return CORRUPT, None
+        if self.remote:
+            try:
+                manifest = self.remote.manifest(entry_name(stage, key), key)
+            except CorruptEntryError:
+                return CORRUPT, None
+            if manifest is not None:
+                return IN_STORE, manifest
+        lock = path.with_name(f"{key}.lock")
+        if lock.exists() and _locked(lock):
+            return RUNNING, None
+        if (path.with_name(f"{key}.partial") / "checkpoints" / "last.ckpt").is_file():
+            return RESUMABLE, None
+        return MISSING, None
 
     def entry_dir(self, stage: str, key: str) -> Path:
         return self.local / entry_name(stage, key)
@@ -298,6 +329,22 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+def _locked(path: Path) -> bool:
+    """Whether a process holds the flock on `path` (tested without taking it for long, or
+    creating the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a shared lock taken just now
+    return False
+
+
 def _is_current(fd: int, path: Path) -> bool:
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))
@@ -346,6 +393,15 @@ def remove_untrusted_files(work: Path) -> None:
             if path.is_symlink() or TEMPORARY.fullmatch(name):
                 log.info("cache: removing %s, %s", path, "a link" if path.is_symlink() else "an interrupted write")
                 remove(path)
+
+
+def touch(path: Path) -> None:
+    """Mark an entry used now (its folder's mtime): garbage collection removes the least
+    recently used first. Best effort: another user's entry in a shared store may refuse it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def remove(path: Path) -> None:

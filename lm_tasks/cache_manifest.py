@@ -32,7 +32,7 @@ MAX_FILES = 10_000
 DIGEST = re.compile(r"[0-9a-f]{64}")
 # The fields a stage records beside its files (lm_tasks.stages.StageResult), read back on a hit.
 FIELD_TYPES = {"stage": str, "output_dir": str, "digest": str, "run_id": str, "seconds": (int, float),
-               "metrics": dict, "cached": bool, "part": str}
+               "metrics": dict, "cached": bool, "part": str, "inputs": dict}
 
 
 class CorruptEntryError(RuntimeError):
@@ -87,6 +87,8 @@ def parse_manifest(raw: bytes, where: str, key: str) -> dict:
     if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
                for k, v in metrics.items()):
         raise CorruptEntryError(f"{where}: the manifest's metrics are not names with numbers")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("inputs", {}).items()):
+        raise CorruptEntryError(f"{where}: the manifest's inputs are not names with digests")
     folders = {str(parent) for name in files for parent in PurePosixPath(name).parents}
     if folders & files.keys():
         raise CorruptEntryError(f"{where}: the manifest names a file that is also a folder")

@@ -94,10 +94,8 @@ class RemoteStore:
         None when the store has no such entry. Raises CorruptEntryError (nothing written)
         when the entry is not safe to use, and on any file that does not match."""
         root = self._path(name)
-        try:
-            with self.fs.open(f"{root}/{MANIFEST}", "rb") as f:
-                raw = f.read(MAX_MANIFEST_BYTES + 1)
-        except FileNotFoundError:
+        raw = self._manifest_bytes(name)
+        if raw is None:
             return None
         where = f"{self.url}/{name}"
         manifest = parse_manifest(raw, where, key)
@@ -108,6 +106,19 @@ class RemoteStore:
             self._download(f"{root}/{file}", into / file, manifest["sizes"][file], digest, f"{where}: {file}")
         (into / MANIFEST).write_bytes(raw)
         return manifest
+
+    def manifest(self, name: str, key: str) -> dict | None:
+        """The checked manifest of the store's entry `name` (nothing downloaded), or None when
+        the store has none. Raises CorruptEntryError when it is not safe to use."""
+        raw = self._manifest_bytes(name)
+        return None if raw is None else parse_manifest(raw, f"{self.url}/{name}", key)
+
+    def _manifest_bytes(self, name: str) -> bytes | None:
+        try:
+            with self.fs.open(self._path(f"{name}/{MANIFEST}"), "rb") as f:
+                return f.read(MAX_MANIFEST_BYTES + 1)
+        except FileNotFoundError:
+            return None
 
     def _check_listing(self, root: str, manifest: dict, where: str) -> None:
         """Every listed file is a regular file of its recorded size, and nothing is a link."""

@@ -220,6 +220,15 @@ class TokenizerConfig:
         return list(dict.fromkeys(tokens))  # de-duplicated, order kept
 
 
+# The models' options, named here so a config is checked without importing torch (the
+# models import them from here; lm_tasks/models/io.py maps each family to its classes).
+MODEL_FAMILIES = ("gpt", "rnn", "lstm", "gru", "ngram")
+# gelu (exact erf form) | gelu_tanh (GPT-2's tanh approximation) | relu2 | swiglu (a gated MLP)
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
+POS_ENCODINGS = ("learned", "sinusoidal", "rotary")
+NORMS = ("layernorm", "rmsnorm")
+
+
 @dataclass
 class ModelConfig:
     """The model family and its shape. Each family reads its own keys (lm_tasks/models/io.py);
@@ -245,17 +254,13 @@ class ModelConfig:
     order: Optional[int] = None
 
     def __post_init__(self) -> None:
-        from lm_tasks.models.io import FAMILIES
-
-        _check_choice("model.family", self.family, tuple(FAMILIES))
+        _check_choice("model.family", self.family, MODEL_FAMILIES)
         needed = {"gpt": ("n_layer", "n_head", "n_embd"), "ngram": ("order",)}.get(self.family,
                                                                                    ("n_layer", "n_embd"))
         missing = [f"model.{key}" for key in needed if getattr(self, key) is None]
         if missing:
             raise ConfigError(f"model.family={self.family} needs {', '.join(missing)}")
         if self.family == "gpt":
-            from lm_tasks.models.gpt import ACTIVATIONS, NORMS, POS_ENCODINGS
-
             _check_choice("model.pos_encoding", self.pos_encoding, POS_ENCODINGS)
             _check_choice("model.norm", self.norm, NORMS)
             _check_choice("model.activation", self.activation, ACTIVATIONS)

@@ -2,8 +2,8 @@
 
     data -> tokenizer -> pretrain -> finetune:<task> ... -> evaluate
 
-Every stage is content-addressed (lm_tasks/cache.py): its key is a digest of the
-config keys it reads, the code it runs and the content digests of its inputs. A
+Every stage is content-addressed (lm_tasks/cache.py): its key (lm_tasks/stage_keys.py) is a
+digest of the config keys it reads, the code it runs and the content digests of its inputs. A
 stage whose key is in the cache, with its files intact, is not run again: its
 earlier result comes back with `cached=True`. Otherwise it runs inside an MLflow
 run tagged `stage=<name>` (a child of the lifecycle run, or top level when the
@@ -31,15 +31,12 @@ from lm_tasks import tracking
 from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
 from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
-from lm_tasks.data.files import expand_files
 from lm_tasks.retry import retry_transient
-from lm_tasks.stamps import Stamps
+from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, lm_eval_key, pretrain_key,
+                                 task_eval_key, tokenizer_key)
 
 log = logging.getLogger(__name__)
 
-# Trainer keys that change how a run is logged, fed or launched, never what it learns.
-NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
-              "rdzv_endpoint", "profiler", "peak_tflops", "executor", "dask_address", "partitions"}
 TRAINING = ("pretrain", "finetune")  # the stages whose runs record system metrics (tracking.system_metrics)
 
 
@@ -55,6 +52,7 @@ class StageResult:
     metrics: dict = field(default_factory=dict)
     key: str = ""
     cached: bool = False
+    inputs: dict = field(default_factory=dict)  # input name -> the content digest it had (data, tokens, model...)
 
     @property
     def key_metric(self) -> str:
@@ -63,79 +61,6 @@ class StageResult:
 
 class MissingStageError(FileNotFoundError):
     """A stage run alone whose input stage has no cached output for this config."""
-
-
-# --- cache keys: what each stage's output depends on ------------------------------
-
-
-def data_key(cfg: LifecycleConfig) -> str:
-    data = _without(asdict(cfg.data), NOT_IN_KEY)
-    inputs = {}
-    if cfg.data.source == "local":  # the files' content, not their names
-        inputs["files"] = _files_digest(cfg, cfg.data.files + cfg.data.validation_files, "data.files")
-    config = {"data": data, "seed": cfg.seed}
-    decontamination = cfg.data.cleaning.decontamination
-    # the tasks' evaluation sets (decontamination) and training text (data.mix.tasks) are inputs
-    if ((decontamination.enabled and decontamination.tasks) or cfg.data.mix.tasks > 0) and cfg.finetune:
-        config["tasks"] = {name: {"task": cfg.finetune[name].task, "data": asdict(cfg.finetune[name].data)}
-                           for name in cfg.finetune}
-        inputs.update({task: _task_files(cfg, task).get("files", "") for task in cfg.finetune})
-    return stage_key("data", config, ["data", "artifacts.py", "tasks/data.py", "tasks/embedded.py"], inputs)
-
-
-def tokenizer_key(cfg: LifecycleConfig, data: StageResult) -> str:
-    return stage_key("tokenizer", {"tokenizer": asdict(cfg.tokenizer)}, ["tokenizer", "data/packing.py"],
-                     {"data": data.digest})
-
-
-def pretrain_key(cfg: LifecycleConfig, tokens: StageResult) -> str:
-    config = {"model": asdict(cfg.model), "optim": asdict(cfg.optim), "seed": cfg.seed,
-              "trainer": _without(asdict(cfg.trainer), NOT_IN_KEY)}
-    return stage_key("pretrain", config, ["models", "training", "evaluation.py", "data/datamodule.py",
-                                          "data/packing.py"],
-                     {"tokens": tokens.digest})
-
-
-def finetune_key(cfg: LifecycleConfig, task: str, model_digest: str) -> str:
-    return stage_key(f"finetune:{task}", _task_config(cfg, task),
-                     ["models", "training", "tasks", "metrics", "data/datamodule.py"],  # its sampler
-                     {"model": model_digest, **_task_files(cfg, task)})
-
-
-def lifecycle_key(cfg: LifecycleConfig) -> str:
-    """Identifies a lifecycle's configuration (not where it is tracked or cached): an
-    unfinished MLflow run with the same key is continued rather than started anew."""
-    where = ("paths", "tracking", "cache", "runner", "search", "resolved_yaml")
-    config = {k: v for k, v in asdict(cfg).items() if k not in where}
-    config["data"] = _without(config["data"], NOT_IN_KEY)  # e.g. data.executor follows the runner
-    return stage_key("lifecycle", config, ["."], {})
-
-
-def _task_config(cfg: LifecycleConfig, task: str) -> dict:
-    trainer = {k: v for k, v in asdict(cfg.trainer).items()
-               if k in ("accelerator", "devices", "strategy", "num_nodes", "precision", "gradient_clip_val")}
-    return {"task": asdict(cfg.finetune[task]), "trainer": trainer, "sep_token": cfg.tokenizer.sep_token,
-            "seed": cfg.seed}
-
-
-def _task_files(cfg: LifecycleConfig, task: str) -> dict:
-    data = cfg.finetune[task].data
-    if data.source != "local":
-        return {}
-    files = data.train_files + data.validation_files + data.test_files
-    return {"files": _files_digest(cfg, files, f"finetune.{task}.data")}
-
-
-def _files_digest(cfg: LifecycleConfig, patterns: list[str], label: str) -> str:
-    """The input files' digest; a file is re-read only when its stat stamp changed (a 100 GB
-    corpus is not hashed again on every run)."""
-    stamps = Stamps(cfg.cache.stamp_dir, trust=cfg.cache.verify == "stamp")
-    files = [Path(f) for f in expand_files(patterns, label)]
-    return files_digest(files, Path("/"), lambda path: stamps.digest(path.resolve()))
-
-
-def _without(values: dict, drop: set) -> dict:
-    return {k: v for k, v in values.items() if k not in drop}
 
 
 # --- the stages ----------------------------------------------------------------------
@@ -218,7 +143,7 @@ def run_tokenizer(cfg: LifecycleConfig, data: StageResult | None = None,
         }
         return files_digest([tokenizer_path, out / "train.bin", out / "validation.bin"], out), metrics
 
-    return _run_stage(cfg, "tokenizer", tokenizer_key(cfg, data), {"input.data_digest": data.digest},
+    return _run_stage(cfg, "tokenizer", tokenizer_key(cfg, data.digest), {"input.data_digest": data.digest},
                       compute, parent_run_id)
 
 
@@ -246,7 +171,7 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
-    return _run_stage(cfg, "pretrain", pretrain_key(cfg, tokens), {"input.tokens_digest": tokens.digest},
+    return _run_stage(cfg, "pretrain", pretrain_key(cfg, tokens.digest), {"input.tokens_digest": tokens.digest},
                       compute, parent_run_id, resume=True)
 
 
@@ -374,8 +299,8 @@ def run_evaluate(cfg: LifecycleConfig, tokens: StageResult | None = None, pretra
     tokens = tokens or find(cfg, "tokenizer")
     pretrained = pretrained or find(cfg, "pretrain")
     tuned = tuned if tuned is not None else {task: find(cfg, "finetune", task) for task in cfg.finetune}
-    parts = {"lm": _lm_eval_key(cfg, tokens, pretrained),
-             **{task: _task_eval_key(cfg, task, result) for task, result in tuned.items()}}
+    parts = {"lm": lm_eval_key(cfg, tokens.digest, pretrained.digest),
+             **{task: task_eval_key(cfg, task, result.digest) for task, result in tuned.items()}}
     cache = StageCache(cfg.cache)
 
     def compute(out: Path) -> tuple[str, dict]:
@@ -402,20 +327,8 @@ def run_evaluate(cfg: LifecycleConfig, tokens: StageResult | None = None, pretra
 
     tags = {"task": ",".join(parts), "input.model_digest": pretrained.digest, "input.tokens_digest": tokens.digest,
             **{f"input.{task}_digest": result.digest for task, result in tuned.items()}}
-    key = stage_key("evaluate", {}, [], parts)
+    key = evaluate_key(parts)
     return _run_stage(cfg, "evaluate", key, tags, compute, parent_run_id)
-
-
-def _lm_eval_key(cfg: LifecycleConfig, tokens: StageResult, pretrained: StageResult) -> str:
-    return stage_key("evaluate:lm", {"eval": asdict(cfg.eval), "seed": cfg.seed}, ["evaluation.py", "models"],
-                     {"model": pretrained.digest, "tokens": tokens.digest})
-
-
-def _task_eval_key(cfg: LifecycleConfig, task: str, tuned: StageResult) -> str:
-    config = _task_config(cfg, task)
-    del config["task"]["cv_folds"]  # cross-validation leaves the final model as it is
-    return stage_key(f"evaluate:{task}", {**config, "eval": asdict(cfg.eval)},
-                     ["models", "tasks", "metrics"], {"model": tuned.digest, **_task_files(cfg, task)})
 
 
 def _evaluate_part(cfg: LifecycleConfig, part: str, out: Path, tokens: StageResult, pretrained: StageResult,
@@ -463,9 +376,9 @@ def find(cfg: LifecycleConfig, stage: str, task: str | None = None) -> StageResu
     if stage == "data":
         name, key = "data", data_key(cfg)
     elif stage == "tokenizer":
-        name, key = "tokenizer", tokenizer_key(cfg, find(cfg, "data"))
+        name, key = "tokenizer", tokenizer_key(cfg, find(cfg, "data").digest)
     elif stage == "pretrain":
-        name, key = "pretrain", pretrain_key(cfg, find(cfg, "tokenizer"))
+        name, key = "pretrain", pretrain_key(cfg, find(cfg, "tokenizer").digest)
     elif stage == "finetune":
         name, key = f"finetune:{task}", finetune_key(cfg, task, pretrained_model(cfg)[1])
     else:
@@ -503,9 +416,11 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
                     digest, metrics = compute(work)
                     retry_transient(lambda: (tracking.log_metrics(metrics), mlflow.set_tag("output.digest", digest)),
                                     f"Logging the {stage} stage's results", _patience_s(cfg))
+                    inputs = {k.removeprefix("input.").removesuffix("_digest"): v for k, v in tags.items()
+                              if k.startswith("input.")}
                     result = StageResult(stage, str(cache.entry_dir(stage, key)), digest, run.info.run_id,
                                          round(time.perf_counter() - start, 2),
-                                         {k: float(v) for k, v in metrics.items()}, key)
+                                         {k: float(v) for k, v in metrics.items()}, key, inputs=inputs)
                     entry = cache.commit(stage, key, work, asdict(result))
                     _link_latest(cfg, stage, entry.path)
                     return result

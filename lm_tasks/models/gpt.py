@@ -32,13 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lm_tasks.config import ACTIVATIONS, NORMS, POS_ENCODINGS
 from lm_tasks.models.base import CausalLM
 
-
-# gelu (exact erf form) | gelu_tanh (GPT-2's tanh approximation) | relu2 | swiglu (a gated MLP)
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
-POS_ENCODINGS = ("learned", "sinusoidal", "rotary")
-NORMS = ("layernorm", "rmsnorm")
 NORM_EPS = 1e-5  # nn.LayerNorm's default, used by RMSNorm too
 ROPE_BASE = 10000.0
 

@@ -12,7 +12,8 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from lm_tasks.config import load_config
 from lm_tasks.data.prepare import prepare_data
-from lm_tasks.stages import data_key, run_data, run_tokenizer
+from lm_tasks.stage_keys import data_key
+from lm_tasks.stages import run_data, run_tokenizer
 from tests.text_samples import paragraphs
 
 pytestmark = pytest.mark.slow

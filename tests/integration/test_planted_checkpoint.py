@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lm_tasks.config import load_config
-from lm_tasks.stages import pretrain_key, run_data, run_pretrain, run_tokenizer
+from lm_tasks.stage_keys import pretrain_key
+from lm_tasks.stages import run_data, run_pretrain, run_tokenizer
 from lm_tasks.training.checkpoints import CheckpointError
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def test_a_planted_resume_checkpoint_is_refused_and_never_runs(smoke_overrides, 
     cfg = load_config(smoke_overrides)
     tokens = run_tokenizer(cfg, run_data(cfg))
     # The key is predictable: anyone who can write to the store can put a last.ckpt there.
-    planted = Path(cfg.cache.store) / "pretrain" / f"{pretrain_key(cfg, tokens)}.partial" / "checkpoints" / "last.ckpt"
+    planted = Path(cfg.cache.store) / "pretrain" / f"{pretrain_key(cfg, tokens.digest)}.partial" / "checkpoints" / "last.ckpt"
     planted.parent.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     torch.save({"global_step": 1, "state_dict": {}, "rng_state": Payload(marker)}, planted)

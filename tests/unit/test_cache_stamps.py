@@ -135,7 +135,7 @@ def test_a_file_changing_while_hashed_is_not_remembered(tmp_path, monkeypatch):
 
 def test_input_corpus_digest_follows_links_and_sees_changes(tmp_path, reads):
     from lm_tasks.config import load_config
-    from lm_tasks.stages import data_key
+    from lm_tasks.stage_keys import data_key
 
     corpus = tmp_path / "real.txt"
     corpus.write_text("Some prose.\n\nMore prose.\n")

@@ -9,7 +9,7 @@ import pytest
 
 from lm_tasks.config import ConfigError, load_config
 from lm_tasks.data.prepare import load_prepared, prepare_data
-from lm_tasks.stages import data_key
+from lm_tasks.stage_keys import data_key
 from tests.text_samples import paragraphs
 
 

@@ -288,3 +288,12 @@ def test_set_dropout_changes_every_rate_of_the_model(family):
     assert not torch.equal(model(idx)[0], model(idx)[0])  # now dropping out, attention included for gpt
     model.eval()
     assert torch.equal(model(idx)[0], model(idx)[0])  # never at inference
+
+
+def test_the_config_names_exactly_the_families_the_models_implement():
+    from lm_tasks.config import MODEL_FAMILIES
+    from lm_tasks.models.io import FAMILIES
+
+    assert tuple(FAMILIES) == MODEL_FAMILIES
+    with pytest.raises(ConfigError, match="model.family"):
+        load_config(["model.family=transformer"])

@@ -166,6 +166,7 @@ class DataConfig:
     partitions: Optional[int] = None  # (executor=dask) row ranges per pass; null: 2 per worker
     mix: MixConfig = field(default_factory=MixConfig)
     format: str = "auto"  # local files: auto (by extension, under .gz / .zst) | txt | jsonl | json | csv | parquet
+    license: Optional[str] = None  # the data's licence, for the model cards (null: the embedded corpus's, or "not stated")
 
     def __post_init__(self) -> None:
         _check_choice("data.source", self.source, ("embedded", "hub", "local"))
@@ -375,6 +376,7 @@ class TaskDataConfig:
     # steers early stopping and the best checkpoint. Empty / null: scores on validation.
     test_files: List[str] = field(default_factory=list)
     test_split: Optional[str] = None
+    license: Optional[str] = None  # the data's licence, for the model cards (null: the embedded sets', or "not stated")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from lm_tasks import lineage
+from lm_tasks import lineage, model_card
 from lm_tasks.config import ConfigError, PromotionConfig, ServingConfig
 from lm_tasks.redaction import redact
 from lm_tasks.stages import StageResult
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PROMOTED, FORCED, KEPT, REJECTED, NOT_COMPARABLE, ERROR = (
     "promoted", "forced", "kept", "rejected", "no-comparable-champion", "error")
 MOVES = (PROMOTED, FORCED)
+DESCRIPTION_LIMIT = 5000  # characters of a model version's description in MLflow's SQL stores
 SERVED_PARTS = ("lm", "classification")  # the models the stages log as pyfunc models (lm_tasks.serving)
 COMPARISONS = 3  # champion changes tolerated while comparing before giving up
 REASON_CHARS = 1000  # MLflow tag values are bounded
@@ -85,7 +86,7 @@ def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageRe
     try:
         client = MlflowClient()
         result["version"] = _register(client, model_name, model, gate_part(cfg), {cfg.metric: str(candidate)},
-                                      serving)
+                                      serving, metrics)
         for _ in range(COMPARISONS):
             champion = _champion(client, model_name, cfg.alias)
             decision, reason = _compare(cfg, result, champion)
@@ -102,9 +103,9 @@ def promote(cfg: PromotionConfig, model_name: str, metrics: dict, model: StageRe
 
 
 def _register(client: MlflowClient, name: str, model: StageResult, part: str, tags: dict,
-              serving: ServingConfig | None) -> str:
+              serving: ServingConfig | None, metrics: dict) -> str:
     """The version of `name` holding the model's weights: an existing one (same digest) or a
-    new one."""
+    new one, described by the model's card with the held-out evaluation that got it registered."""
     try:
         client.create_registered_model(name)
     except MlflowException as err:
@@ -115,8 +116,24 @@ def _register(client: MlflowClient, name: str, model: StageResult, part: str, ta
             return str(version.version)
     run_id, source, model_id = _model_source(model, part, serving)
     version = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
-                                          tags={"model_digest": model.digest, "part": part, **tags})
-    return str(version.version)  # the registry returns ints or strings depending on the call
+                                          tags={"model_digest": model.digest, "part": part, **tags},
+                                          description=version_card(model, part, metrics))
+    return str(version.version)
+
+
+def version_card(model: StageResult, part: str, metrics: dict) -> str | None:
+    """A registered version's description: the model card of its exported folder (without the
+    Hub's YAML metadata), its held-out evaluation added; cut to what the registry stores."""
+    card = Path(model.output_dir) / "model" / model_card.CARD
+    if not card.is_file():  # a model exported before models carried cards
+        return None
+    text = card.read_text().split("\n---\n", 1)[-1].lstrip()  # the markdown after the metadata
+    run = mlflow.active_run()  # the lifecycle run whose evaluation this is
+    text = model_card.with_evaluation(text, part, metrics, run.info.run_id if run else "unknown")
+    if len(text) > DESCRIPTION_LIMIT:
+        note = "\n\n(cut here: the whole card is README.md in the version's model artifact)\n"
+        text = text[:DESCRIPTION_LIMIT - len(note)] + note
+    return text  # the registry returns ints or strings depending on the call
 
 
 def _model_source(model: StageResult, part: str, serving: ServingConfig | None) -> tuple[str, str, str | None]:

@@ -19,7 +19,7 @@ from lm_tasks.data.files import expand_files
 from lm_tasks.stamps import Stamps
 
 # Trainer keys that change how a run is logged, fed or launched, never what it learns.
-NOT_IN_KEY = {"name", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
+NOT_IN_KEY = {"name", "license", "log_every_n_steps", "enable_progress_bar", "num_workers", "num_proc", "launcher",
               "rdzv_endpoint", "profiler", "peak_tflops", "executor", "dask_address", "partitions"}
 
 
@@ -32,7 +32,7 @@ def data_key(cfg: LifecycleConfig) -> str:
     decontamination = cfg.data.cleaning.decontamination
     # the tasks' evaluation sets (decontamination) and training text (data.mix.tasks) are inputs
     if ((decontamination.enabled and decontamination.tasks) or cfg.data.mix.tasks > 0) and cfg.finetune:
-        config["tasks"] = {name: {"task": cfg.finetune[name].task, "data": asdict(cfg.finetune[name].data)}
+        config["tasks"] = {name: {"task": cfg.finetune[name].task, "data": _task_data(cfg, name)}
                            for name in cfg.finetune}
         inputs.update({task: task_files(cfg, task).get("files", "") for task in cfg.finetune})
     return stage_key("data", config, ["data", "artifacts.py", "tasks/data.py", "tasks/embedded.py"], inputs)
@@ -88,8 +88,12 @@ def lifecycle_key(cfg: LifecycleConfig) -> str:
 def task_config(cfg: LifecycleConfig, task: str) -> dict:
     trainer = {k: v for k, v in asdict(cfg.trainer).items()
                if k in ("accelerator", "devices", "strategy", "num_nodes", "precision", "gradient_clip_val")}
-    return {"task": asdict(cfg.finetune[task]), "trainer": trainer, "sep_token": cfg.tokenizer.sep_token,
-            "seed": cfg.seed}
+    return {"task": {**asdict(cfg.finetune[task]), "data": _task_data(cfg, task)}, "trainer": trainer,
+            "sep_token": cfg.tokenizer.sep_token, "seed": cfg.seed}
+
+
+def _task_data(cfg: LifecycleConfig, task: str) -> dict:
+    return _without(asdict(cfg.finetune[task].data), {"license"})  # a licence changes no output
 
 
 def task_files(cfg: LifecycleConfig, task: str) -> dict:

@@ -154,16 +154,24 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
     tokens = tokens or find(cfg, "tokenizer")
 
     def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.evaluation import unigram_loss
+        from lm_tasks.model_card import pretrained_card
         from lm_tasks.training.launch import run_training
 
+        start = time.perf_counter()
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
                                mlflow.active_run().info.run_id)
         _log_profile(out)
+        meta = json.loads((Path(tokens.output_dir) / "meta.json").read_text())
+        baseline = unigram_loss(tokens.output_dir, meta["vocab_size"])
+        seconds = time.perf_counter() - start
+
+        def card(library: str) -> str:
+            return pretrained_card(cfg, summary, meta, tokens.inputs.get("data"), baseline, seconds, library)
 
         def log_model() -> None:
-            mlflow.log_artifacts(summary["model_dir"], "model")
-            _log_hf_export(summary["model_dir"], out / "hf")
+            _log_exported(Path(summary["model_dir"]), out / "hf", card)
             _log_pyfunc(summary["model_dir"], cfg)
 
         # Training is the costly part: a tracking server away just now is waited for.
@@ -182,15 +190,18 @@ def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None
     model_dir, model_digest = pretrained_model(cfg, pretrained)
 
     def compute(out: Path) -> tuple[str, dict]:
+        from lm_tasks.model_card import finetuned_card
         from lm_tasks.training.launch import run_training
 
+        start = time.perf_counter()
         cv = _cross_validate(cfg, task, model_dir, out) if cfg.finetune[task].cv_folds else {}
         summary = run_training(cfg, "finetune", {"task": task, "pretrained_dir": model_dir}, out,
                                cfg.tracking.tracking_uri, mlflow.active_run().info.run_id)
         mlflow.log_artifact(str(out / "train_summary.json"))
         _log_profile(out)
-        mlflow.log_artifacts(str(out / "model"), "model")
-        _log_hf_export(out / "model", out / "hf")  # the fine-tuned backbone
+        seconds = time.perf_counter() - start
+        _log_exported(out / "model", out / "hf",  # hf/: the fine-tuned backbone
+                      lambda library: finetuned_card(cfg, task, summary, model_digest, seconds, library))
         if task == "classification":  # the task models lm_tasks.serving can serve
             _log_pyfunc(out / "model", cfg)
         metrics = {f"finetune/{task}/{k}": v for k, v in summary.items() if k.startswith("best_val_")}
@@ -223,13 +234,20 @@ def _log_profile(out: Path) -> None:
         mlflow.log_artifacts(str(out / "profile"), "profile")
 
 
-def _log_hf_export(model_dir: str | Path, out_dir: Path) -> None:
-    """The model in Hugging Face format (artifact `hf/`) where it maps onto GPT-2; otherwise skipped, the
-    reason logged (another family, or an option GPT-2 cannot express such as rotary positions)."""
+def _log_exported(model_dir: Path, hf_dir: Path, card: Callable[[str], str]) -> None:
+    """The exported model (artifact `model/`) and, where it maps onto GPT-2, the same model in
+    Hugging Face format (artifact `hf/`; otherwise skipped, the reason logged: another family,
+    or an option GPT-2 cannot express such as rotary positions). Each with its model card,
+    `card(library)` for the library that loads it."""
+    from lm_tasks.model_card import write_card
     from lm_tasks.models.hf import export_hf, exports_to_hf
 
+    write_card(model_dir, card("lm-tasks"))
+    mlflow.log_artifacts(str(model_dir), "model")
     if exports_to_hf(model_dir):
-        mlflow.log_artifacts(str(export_hf(model_dir, out_dir)), "hf")
+        exported = export_hf(model_dir, hf_dir)
+        write_card(exported, card("transformers"))
+        mlflow.log_artifacts(str(exported), "hf")
 
 
 def _log_pyfunc(model_dir: str | Path, cfg: LifecycleConfig) -> None:

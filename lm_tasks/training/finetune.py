@@ -146,6 +146,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
     for split in ("train", "validation"):  # a cross-validation fold's held_out split is for evaluate_task
         encoded[split], truncated[split] = adapter.encode(dataset[split], tokenizer)
     info["truncated"] = truncated  # classification, seq2seq: rows cut; qa: contexts split into windows
+    info["rows"] = {split: len(rows) for split, rows in dataset.items()}
     info.update(getattr(adapter, "skipped", {}))
     log.info("finetune %s: %s", task_name, {k: len(v) for k, v in encoded.items()})
 
@@ -194,6 +195,7 @@ def finetune_task(cfg: LifecycleConfig, task_name: str, pretrained_dir: str | Pa
         best.load_state_dict(load_checkpoint(checkpoint.best_model_path)["state_dict"])
         save_task_model(best, adapter, out_dir / "model", pretrained_dir / "tokenizer.json")
     return {"task": task_name, f"best_val_{task_cfg.monitor}": float(checkpoint.best_model_score),
+            "baseline": adapter.baseline(dataset["train"], dataset["validation"]),  # for the model card
             "steps": trainer.global_step, "world_size": world, "device": str(trainer.strategy.root_device),
             "info": info}
 

@@ -76,6 +76,15 @@ def stage_task(name: str, **options):
     return decorate
 
 
+def named_after_overrides() -> str:
+    """A flow run's name: its overrides (credentials are already environment references,
+    see stash_secrets), so runs differ by name in the Prefect UI; `defaults` without any."""
+    from prefect.runtime import flow_run
+
+    name = " ".join(flow_run.parameters.get("overrides") or []) or "defaults"
+    return redact(name if len(name) <= 100 else name[:99] + "…")
+
+
 def flow_config(overrides: list[str] | None) -> LifecycleConfig:
     """The flow's validated config; from here on no log line of this process carries a secret
     from it (a deployment run starts here, not in run_cli)."""
@@ -166,7 +175,7 @@ def stage_flow(name: str, stage_function: Callable[..., StageResult]):
     """
     stage = stage_task(name)(stage_function)
 
-    @flow(name=name)
+    @flow(name=name, flow_run_name=named_after_overrides)
     @redacting
     def stage_alone(overrides: list[str] | None = None) -> dict:
         cfg = flow_config(overrides)
@@ -221,7 +230,8 @@ def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if flags.info else logging.INFO)
     GlobalHydra.instance().clear()
     try:
-        with command_line([*args, *hydra_args]), shared_prefect_server(multirun), console_to_hydra(flags.info):
+        with command_line([*args, *hydra_args]), shared_prefect_server(multirun), console_to_hydra(flags.info), \
+                tracebacks_off_the_console():
             app()
     except KeyboardInterrupt:
         sys.exit(interrupted(flow, KeyboardInterrupt()))
@@ -231,26 +241,28 @@ def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
 
 def hydra_job(flow: Callable) -> Callable[[DictConfig], dict]:
     """The Hydra task function: run the flow with this job's overrides. A failed single run
-    exits with one line (the traceback is in the flow's log above); a failed sweep job is
+    exits with one paragraph, the traceback left in the job's log file; a failed sweep job is
     reported to the sweeper, which decides whether the sweep goes on."""
 
     def job(_: DictConfig) -> dict:
         config = HydraConfig.get()
         # Unresolved: a credential stashed in the environment stays an ${oc.env:...} reference.
         overrides = OmegaConf.to_container(config.overrides.task, resolve=False)
-        with job_log(Path(config.runtime.output_dir) / f"{config.job.name}.log"):
-            return run_job(flow, overrides, config)
+        log_file = Path(config.runtime.output_dir) / f"{config.job.name}.log"
+        with job_log(log_file):
+            return run_job(flow, overrides, config, log_file)
 
     job.__name__ = job.__qualname__ = flow.name
     return job
 
 
-def run_job(flow: Callable, overrides: list[str], config: DictConfig) -> dict:
+def run_job(flow: Callable, overrides: list[str], config: DictConfig, log_file: Path) -> dict:
     if config.mode == RunMode.RUN:
         try:
             return flow(overrides=overrides)
         except Exception as err:
-            sys.exit(redact(f"{flow.name} failed: {type(err).__name__}: {one_line(err)}"))
+            sys.exit(redact(f"{flow.name} failed: {type(err).__name__}: {one_line(err)}\n"
+                            f"(the traceback is in {log_file}; {TRACEBACK_ENV}=1 shows it here)"))
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM turned into an exit by Lightning
             sys.exit(interrupted(flow, err))
     print(f"[multirun] job {config.job.num}: {' '.join(overrides)}", flush=True)
@@ -340,6 +352,46 @@ def command_line(args: list[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+TRACEBACK_ENV = "LM_TASKS_TRACEBACK"
+
+
+class NoTraceback(logging.Formatter):
+    """A console handler's formatter, less tracebacks: the job's log file keeps them."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+@contextmanager
+def tracebacks_off_the_console() -> Iterator[None]:
+    """An expected error (bad data, a bad config, a missing input, a service away) reads as one
+    paragraph: Prefect's tracebacks stay out of the console, in the job's log file
+    (`<hydra.run.dir>/<flow>.log`) and each stage's `stage.log`. LM_TASKS_TRACEBACK=1 shows them."""
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        yield
+        return
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    consoles = {h for logger in loggers for h in getattr(logger, "handlers", [])
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)}
+    saved = {h: h.formatter for h in consoles}
+    for handler in consoles:
+        handler.setFormatter(NoTraceback(handler.formatter or logging.Formatter()))
+    try:
+        yield
+    finally:
+        for handler, formatter in saved.items():
+            handler.setFormatter(formatter)
 
 
 @contextmanager

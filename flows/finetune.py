@@ -13,13 +13,13 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.common import flow_config, redacting, run_cli, run_stages, stage_runner, stage_task
+from flows.common import flow_config, named_after_overrides, redacting, run_cli, run_stages, stage_runner, stage_task
 from lm_tasks import stages
 
 finetune_task = stage_task("finetune", task_run_name="finetune-{task}")(stages.run_finetune)
 
 
-@flow(name="finetune")
+@flow(name="finetune", flow_run_name=named_after_overrides)
 @redacting
 def finetune_flow(overrides: list[str] | None = None) -> dict:
     """Fine-tune every selected task alone (top-level MLflow runs tagged stage=finetune)."""

@@ -20,7 +20,8 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, redacting, run_cli, run_stage, run_stages, stage_runner, summary_markdown
+from flows.common import (flow_config, named_after_overrides, redacting, run_cli, run_stage, run_stages, stage_runner,
+                          summary_markdown)
 from flows.data import data_task
 from flows.evaluate import evaluate_task
 from flows.finetune import finetune_task
@@ -28,10 +29,11 @@ from flows.pretrain import pretrain_task
 from flows.tokenizer import tokenizer_task
 from lm_tasks import lineage, promotion, tracking
 from lm_tasks.cache import StageCache
+from lm_tasks.redaction import redact
 from lm_tasks.stage_keys import lifecycle_key
 
 
-@flow(name="lifecycle")
+@flow(name="lifecycle", flow_run_name=named_after_overrides)
 @redacting
 def lifecycle(overrides: list[str] | None = None) -> dict:
     cfg = flow_config(overrides)
@@ -60,7 +62,11 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
         tracking.log_metrics({"lifecycle/cached_stages": len(cached), "lifecycle/stages": len(results),
                               **evaluated.metrics, **cv,
                               **{f"lifecycle/{r.stage}_seconds": r.seconds for r in results}})
-        summary = summary_markdown(f"Lifecycle `{name}` (MLflow run {run_id})", results)
+        url = tracking.run_url(cfg.tracking.tracking_uri, parent)
+        summary = summary_markdown(f"Lifecycle `{name}`", results)
+        summary += f"\nMLflow run [`{run_id}`]({url})" + (
+            "" if url.startswith(cfg.tracking.tracking_uri.rstrip("/")) else
+            f" (with `mlflow ui --backend-store-uri {redact(cfg.tracking.tracking_uri)}` running)") + "\n"
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
         decision = None
         if gate is not None:

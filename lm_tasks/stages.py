@@ -34,6 +34,7 @@ from lm_tasks.config import LifecycleConfig
 from lm_tasks.retry import retry_transient
 from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, lm_eval_key, pretrain_key,
                                  task_eval_key, tokenizer_key)
+from lm_tasks.stage_log import LOG_NAME, stage_log
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,8 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
                 training = stage.split(":")[0] in TRAINING
                 with tracking.tracked_run(cfg, stage, parent_run_id, {**tags, "cache_key": key},
                                           resume_from=resume_from, system_metrics=training) as run:
-                    digest, metrics = compute(work)
+                    with stage_log(work / LOG_NAME, stage):
+                        digest, metrics = compute(work)
                     retry_transient(lambda: (tracking.log_metrics(metrics), mlflow.set_tag("output.digest", digest)),
                                     f"Logging the {stage} stage's results", _patience_s(cfg))
                     inputs = {k.removeprefix("input.").removesuffix("_digest"): v for k, v in tags.items()

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import Run, RunStatus
@@ -77,6 +78,17 @@ def _artifact_location(cfg: TrackingConfig) -> str | None:
     if location is None or "://" in location:
         return location
     return Path(location).resolve().as_uri()
+
+
+def run_url(tracking_uri: str, run: Run) -> str:
+    """Where the MLflow UI shows `run`: on the tracking server itself, or (a local store) on
+    `mlflow ui --backend-store-uri <store>` at its default address. Credentials are left out."""
+    base = "http://127.0.0.1:5000"
+    if tracking_uri.startswith(("http://", "https://")):
+        parts = urlsplit(tracking_uri)
+        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                           parts.path.rstrip("/"), "", ""))
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
 def default_run_name(cfg: LifecycleConfig) -> str:

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
 
 from flows.common import run_cli
 from flows.lifecycle import lifecycle
@@ -75,7 +75,13 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     length = next(step for step in report["steps"]["train"] if step["step"] == "length")
     assert children["data"].data.metrics["data/train/length_dropped"] == length["rows_in"] - length["rows_out"] > 0
     assert "tokenizer.json" in artifacts(children["tokenizer"])
-    assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json"}
+    assert artifacts(children["pretrain"], "model") == {"config.json", "model.safetensors", "tokenizer.json",
+                                                        "README.md"}  # the model card
+    # Each stage's log: in its cache entry and on its run.
+    for stage in STAGES:
+        assert "stage.log" in artifacts(children[stage]), stage
+        assert (Path(result[stage]["output_dir"]) / "stage.log").is_file(), stage
+    assert "train/loss" in (Path(result["pretrain"]["output_dir"]) / "stage.log").read_text()
     assert {"lm", "report.json", "report.md"} <= artifacts(children["evaluate"])
     assert "samples.jsonl" in artifacts(children["evaluate"], "lm")
 
@@ -85,6 +91,12 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert model.config.vocab_size == meta["vocab_size"]
     summary = Artifact.get("lifecycle-summary")
     assert summary is not None and all(f"| {stage} |" in summary.data for stage in STAGES)
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    assert f"MLflow run [`{parent.info.run_id}`]({link})" in summary.data  # the Prefect run links the MLflow one
+    name = " ".join(smoke_overrides + ["optim.lr=0.002"])
+    name = name if len(name) <= 100 else name[:99] + "…"
+    with get_client(sync_client=True) as prefect:
+        assert prefect.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
     data_report = Artifact.get("data-report")
     assert data_report is not None and "| near_dedup |" in data_report.data
 

@@ -143,11 +143,18 @@ def test_a_failed_stage_fails_the_flow_and_the_rerun_resumes_there(smoke_overrid
     process = start_lifecycle(overrides, prefect_env)
     output = finish(process)
     assert process.returncode == 1
-    [message] = [line for line in output.splitlines() if line.startswith("lifecycle failed:")]
-    assert message.startswith(f"lifecycle failed: DataSourceError: {reviews} has no column 'label'")
+    lines = output.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith("lifecycle failed:")]
+    assert lines[at].startswith(f"lifecycle failed: DataSourceError: {reviews} has no column 'label'")
+    # one paragraph on the console; the traceback in the job's log file and the stage's log
+    assert "Traceback" not in output
+    log_file = Path(lines[at + 1].removeprefix("(the traceback is in ").split(";")[0])
+    assert "Traceback" in log_file.read_text() and "has no column 'label'" in log_file.read_text()
     runs = runs_by_stage(cfg)
     [parent], [finetune] = runs["lifecycle"], runs["finetune"]
     assert parent.info.status == "FAILED" and finetune.info.status == "FAILED"
+    stage_log = MlflowClient().download_artifacts(finetune.info.run_id, "stage.log", str(tmp_path))
+    assert "Traceback" in Path(stage_log).read_text() and "finetune:classification failed" in Path(stage_log).read_text()
     assert all(runs[s][0].info.status == "FINISHED" for s in ("data", "tokenizer", "pretrain"))
 
     reviews.write_text("".join(f'{{"text": "{w} film", "label": "{w}"}}\n' for w in ["good", "bad"] * 20))

@@ -41,7 +41,7 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.paths.output_dir) / "config.yaml").write_text(cfg.resolved_yaml)
     key = lifecycle_key(cfg)
-    name = " ".join([tracking.default_run_name(cfg), *(overrides or [])])  # sweep jobs differ by name
+    name = tracking.lifecycle_run_name(cfg, overrides or [])
     with StageCache(cfg.cache).try_exclusive(f"lifecycle-{key}") as alone, \
             tracking.lifecycle_run(cfg, key, name, alone, {"overrides": " ".join(overrides or [])}) as parent:
         run_id = parent.info.run_id

@@ -57,12 +57,19 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# The MLflow UI opens an experiment on what its kind says: training runs, not GenAI traces.
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def _experiment_id(cfg: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
+        if not experiment.tags.get(KIND_TAG):  # made before the kind was set; a user's choice stays
+            MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING_KIND)
         return experiment.experiment_id
     try:
-        return mlflow.create_experiment(cfg.experiment_name, artifact_location=_artifact_location(cfg))
+        return mlflow.create_experiment(cfg.experiment_name, artifact_location=_artifact_location(cfg),
+                                        tags={KIND_TAG: TRAINING_KIND})
     except MlflowException:  # created meanwhile by a concurrent run
         return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
 
@@ -88,7 +95,20 @@ def run_url(tracking_uri: str, run: Run) -> str:
         parts = urlsplit(tracking_uri)
         base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
                            parts.path.rstrip("/"), "", ""))
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    # MLflow 3's UI shows the "Model training" view (not GenAI) when the link asks for it
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+
+
+# Overrides that say where a run is kept, not what it trains: left out of run names.
+WHERE_PREFIXES = ("paths.", "tracking.", "cache.", "hydra.", "runner.", "debug=")
+
+
+def lifecycle_run_name(cfg: LifecycleConfig, overrides: list[str]) -> str:
+    """A lifecycle run's name: its overrides, the last typed first (in a sweep, the swept
+    ones usually come last), then the default name. The MLflow UI cuts long names, so
+    sweep jobs must differ at the start."""
+    what = [o for o in reversed(overrides) if not o.lstrip("+~").startswith(WHERE_PREFIXES)]
+    return " ".join([*what, f"({default_run_name(cfg)})" if what else default_run_name(cfg)])
 
 
 def default_run_name(cfg: LifecycleConfig) -> str:

@@ -91,7 +91,8 @@ def test_lifecycle_leaves_parent_and_child_runs(prefect_harness, smoke_overrides
     assert model.config.vocab_size == meta["vocab_size"]
     summary = Artifact.get("lifecycle-summary")
     assert summary is not None and all(f"| {stage} |" in summary.data for stage in STAGES)
-    link = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    link = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+            "?workflowType=machine_learning")
     assert f"MLflow run [`{parent.info.run_id}`]({link})" in summary.data  # the Prefect run links the MLflow one
     name = " ".join(smoke_overrides + ["optim.lr=0.002"])
     name = name if len(name) <= 100 else name[:99] + "…"
@@ -154,8 +155,11 @@ def test_a_sweep_is_one_lifecycle_per_job_sharing_upstream_stages(prefect_harnes
     experiment = client.get_experiment_by_name("lm-lifecycle")
     parents = client.search_runs([experiment.experiment_id], "tags.stage = 'lifecycle'")
     assert sorted(p.data.params["finetune.classification.lr"] for p in parents) == ["0.001", "0.002"]
-    assert sorted(p.info.run_name.split()[-1] for p in parents) == [
+    assert sorted(p.info.run_name.split()[0] for p in parents) == [  # what differs comes first
         "finetune.classification.lr=0.001", "finetune.classification.lr=0.002"]
+    assert all(p.info.run_name.endswith("(embedded-bpe300-tiny)") and "paths.root_dir" not in p.info.run_name
+               for p in parents)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
     for stage, count in {"data": 1, "tokenizer": 1, "pretrain": 1, "finetune": 2, "evaluate": 2}.items():
         assert len(client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")) == count, stage
 

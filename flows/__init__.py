@@ -8,6 +8,7 @@ import os
 
 # Before Prefect is imported: no telemetry, and the library's log lines shown in flow logs.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nor MLflow's usage reports
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lm_tasks")
 
 import logging  # noqa: E402

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 from contextlib import contextmanager
@@ -38,6 +39,28 @@ def configure(cfg: TrackingConfig) -> str:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with _store_lock(cfg.tracking_uri):
         return _experiment_id(cfg)
+
+
+class TrackingUnreachable(ConnectionError):
+    """The configured MLflow tracking server does not answer at all."""
+
+
+def check_reachable(cfg: TrackingConfig, timeout_s: float = 10.0) -> None:
+    """Before a flow starts: a tracking server that does not answer its health check fails
+    the run at once, in one paragraph, rather than after minutes of MLflow's own retries.
+    (Once a run is going, an outage is waited out: see `outage_patience_minutes`.)"""
+    if not cfg.tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{cfg.tracking_uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.exceptions.RequestException as err:
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))  # urllib3's long message, its cause kept
+        reason = errno.group(0) if errno else type(err).__name__
+        raise TrackingUnreachable(
+            f"The MLflow tracking server at {redact(cfg.tracking_uri)} does not answer ({redact(reason)}). Start it (mlflow server --host 127.0.0.1 --port 5000 ...), check the address, "
+            "or track locally with tracking.tracking_uri=sqlite:///mlruns/mlflow.db") from None
 
 
 @contextmanager

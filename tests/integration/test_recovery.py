@@ -198,3 +198,13 @@ def test_sigterm_ends_the_runs_as_killed(smoke_overrides, prefect_env):
     runs = runs_by_stage(cfg)
     assert runs["pretrain"][0].info.status == "KILLED" and runs["lifecycle"][0].info.status == "KILLED"
     assert runs["tokenizer"][0].info.status == "FINISHED"
+
+
+def test_an_unreachable_tracking_server_fails_at_once_in_one_paragraph(smoke_overrides, prefect_env):
+    started = time.monotonic()
+    process = start_lifecycle([*smoke_overrides, "tracking.tracking_uri=http://127.0.0.1:9"], prefect_env)
+    output = finish(process)
+    assert process.returncode == 1 and time.monotonic() - started < 120  # not MLflow's minutes of retries
+    assert "lifecycle failed: TrackingUnreachable: The MLflow tracking server at http://127.0.0.1:9 does not " \
+           "answer ([Errno 111] Connection refused). Start it (mlflow server" in output
+    assert "Traceback" not in output

@@ -71,13 +71,14 @@ def main() -> int:
         prefect = subprocess.Popen([PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4321"],
                                    env=base_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
+        servers.append(prefect)
         mlflow_server = subprocess.Popen(
             [PY, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", "5321", "--workers", "1",
              "--backend-store-uri", f"sqlite:///{root}/mlflow-server/mlflow.db",
              "--artifacts-destination", str(root / "mlflow-server" / "artifacts")],
             env={**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        servers = [prefect, mlflow_server]
+        servers.append(mlflow_server)
         wait_for("http://127.0.0.1:4321/api/health", prefect, "prefect server")
         wait_for("http://127.0.0.1:5321/health", mlflow_server, "mlflow server")
         with_prefect = {**base_env, "PREFECT_API_URL": "http://127.0.0.1:4321/api"}
@@ -105,7 +106,10 @@ def main() -> int:
             print({name: round(values[-1], 2) for name, values in samples.items()}, flush=True)
     finally:
         for server in servers:
-            os.killpg(server.pid, 15)
+            try:
+                os.killpg(server.pid, 15)
+            except ProcessLookupError:  # it died: its error is the one to show
+                continue
             server.wait(30)
     median = {name: round(statistics.median(values), 2) for name, values in samples.items()}
     result = {"overrides": args.overrides, "repeats": args.repeats, "median_seconds": median,

@@ -42,6 +42,7 @@ TIMEOUT_MS = 60_000
 # MLflow 3's UI opens an experiment on its "GenAI" or "Model training" view as its side switch
 # (remembered per browser) or this query says; the lifecycle's links carry it.
 TRAINING_VIEW = "workflowType=machine_learning"
+SHOWN_CHARACTERS = 18  # of a run's name in the runs table at this width, before its ellipsis
 
 
 def run_sweep(root: Path) -> None:
@@ -90,6 +91,8 @@ def check_ui(url: str, out: Path) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     experiment_id, parents, children = runs_of(url)
+    if len(parents) != 2:
+        raise RuntimeError(f"the store holds {len(parents)} lifecycle runs, not the sweep's 2: remove it and run again")
     first = max(parents, key=lambda p: len(children[p.info.run_id]))  # the job that ran every stage
     pretrain = next(r for r in children[first.info.run_id] if r.data.tags["stage"] == "pretrain")
     results = []
@@ -114,8 +117,9 @@ def check_ui(url: str, out: Path) -> list[dict]:
             print(f"{'ok  ' if problem is None else 'FAIL'} {name}" + (f": {problem}" if problem else ""), flush=True)
 
         def names_differ_where_shown() -> str | None:
-            shown = [page.get_by_text(p.info.run_name, exact=True).first.inner_text()[:20] for p in parents]
-            return None if len(set(shown)) == len(shown) else f"the names look alike: {shown}"
+            # the runs table shows about the first 18 characters of a name (see the screenshot)
+            shown = [p.info.run_name[:SHOWN_CHARACTERS] for p in parents]
+            return None if len(set(shown)) == len(shown) else f"the names look alike where shown: {shown}"
 
         check("1-experiment-runs", f"#/experiments/{experiment_id}", [p.info.run_name for p in parents],
               names_differ_where_shown)

@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
                     help="entries unused for longer than AGE (30d, 12h, 2w)")
     gc.add_argument("--max-size", type=cache_admin.parse_size, metavar="SIZE",
                     help="then the least recently used until the rest fits in SIZE (500M, 20G)")
+    gc.add_argument("--keep-recent", type=cache_admin.parse_days, metavar="AGE", default=cache_admin.KEEP_RECENT_DAYS,
+                    help="never remove an entry used within AGE: a running lifecycle may be reading it (default 1d)")
     gc.add_argument("--remote", action="store_true", help="with a URL store, collect the store's entries too")
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     for command in (listing, check, gc):
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gc: the model registry at {cfg.tracking.tracking_uri} could not be read ({type(err).__name__}: "
               f"{err}), so the entries registered versions need are unknown: nothing removed", file=sys.stderr)
         return 1
-    result = cache_admin.collect(cache, entries, args.older_than, args.max_size, args.remote, args.dry_run)
+    result = cache_admin.collect(cache, entries, args.older_than, args.max_size, args.remote, args.dry_run,
+                                 args.keep_recent)
     verb = "would remove" if args.dry_run else "removed"
     for entry in result.removed:
         print(f"{verb}: {entry.stage} {entry.key[:12]} ({cache_admin.human_size(entry.size)}, "
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in result.kept_needed:
         print(f"kept: {entry.stage} {entry.key[:12]}, needed by {', '.join(entry.needed_by)}")
     for entry in result.skipped_busy:
-        print(f"skipped: {entry.stage} {entry.key[:12]}, in use")
+        print(f"skipped: {entry.stage} {entry.key[:12]}, used within --keep-recent or being computed")
     print(f"{verb} {len(result.removed)} entries: {cache_admin.human_size(result.size_before)} -> "
           f"{cache_admin.human_size(result.size_after)}")
     return 0

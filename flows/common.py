@@ -82,8 +82,8 @@ def named_after_overrides() -> str:
     see stash_secrets), so runs differ by name in the Prefect UI; `defaults` without any."""
     from prefect.runtime import flow_run
 
-    name = " ".join(flow_run.parameters.get("overrides") or []) or "defaults"
-    return redact(name if len(name) <= 100 else name[:99] + "…")
+    name = redact(" ".join(flow_run.parameters.get("overrides") or []) or "defaults")  # before it is cut
+    return name if len(name) <= 100 else name[:99] + "…"
 
 
 def flow_config(overrides: list[str] | None) -> LifecycleConfig:
@@ -221,6 +221,7 @@ def run_cli(flow: Callable, argv: list[str] | None = None) -> None:
     the jobs to the configured sweeper and launcher. Each job calls the flow with its
     overrides, the same list a Prefect deployment run passes: one composition path."""
     install_log_filter()
+    _checked.clear()  # a config composed for an earlier command line of this process
     args = stash_secrets(list(sys.argv[1:] if argv is None else argv))  # before Hydra records them
     flags = get_args_parser().parse_args(args)  # a bad flag: argparse's usage line and exit 2
     try:

@@ -65,7 +65,7 @@ def lifecycle(overrides: list[str] | None = None) -> dict:
         url = tracking.run_url(cfg.tracking.tracking_uri, parent)
         summary = summary_markdown(f"Lifecycle `{name}`", results)
         summary += f"\nMLflow run [`{run_id}`]({url})" + (
-            "" if url.startswith(cfg.tracking.tracking_uri.rstrip("/")) else
+            "" if tracking.serves_ui(cfg.tracking.tracking_uri) else
             f" (with `mlflow ui --backend-store-uri {redact(cfg.tracking.tracking_uri)}` running)") + "\n"
         summary += "\n### Evaluation\n\n" + (Path(evaluated.output_dir) / "report.md").read_text()
         decision = None

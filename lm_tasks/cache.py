@@ -152,6 +152,8 @@ class StageCache:
                 return CACHED, verify(path, key, self.stamps)
             except CorruptEntryError:
                 return CORRUPT, None
+            except OSError:  # being replaced by a concurrent process right now
+                return MISSING, None
         if self.remote:
             try:
                 manifest = self.remote.manifest(entry_name(stage, key), key)

@@ -10,9 +10,10 @@
   the registered weights (the version's `model_digest` tag) and, through each entry's
   recorded inputs, every entry upstream of it (its tokenizer, its data). The registry is
   read from `tracking.tracking_uri`; when it cannot be read, nothing is removed.
-- An entry being computed or used (its key's lock held) is skipped; the interrupted
-  attempts (`.partial` folders) are collected by age like entries. With a URL store,
-  `--remote` collects the store's entries too (manifest first, so no reader sees half an
+- Nor one used within `keep_recent_days` (a hit holds no lock while a lifecycle reads the
+  entry) or one being computed (its key's lock held). Interrupted attempts (`.partial`
+  folders) are collected by age like entries. With a URL store, `--remote` collects the
+  store's entries too, each under its store lease, manifest first (no reader sees half an
   entry); otherwise only this machine's staging copies go.
 """
 
@@ -22,18 +23,21 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_tasks.cache import StageCache, entry_name, file_lock, remove
-from lm_tasks.cache_manifest import MANIFEST, CorruptEntryError, parse_manifest, verify
+from lm_tasks.cache_manifest import MANIFEST, CorruptEntryError, parse_manifest, read_manifest_bytes, verify
 from lm_tasks.cache_store import owner_tag
 from lm_tasks.config import LifecycleConfig
 
 log = logging.getLogger(__name__)
 
 KEY = re.compile(r"[0-9a-f]{64}")
+STAGE = re.compile(r"[a-z][a-z0-9_-]*")  # data, pretrain, finetune-qa...: what a store listing may name
 LOCAL, STORE = "local", "store"
+KEEP_RECENT_DAYS = 1.0  # gc leaves entries used within this long (see collect)
 
 
 @dataclass
@@ -55,12 +59,13 @@ class CacheEntry:
         return (time.time() - self.last_used) / 86400
 
 
-def list_entries(cache: StageCache) -> list[CacheEntry]:
-    """Every entry and interrupted attempt, here and in the store, oldest use first."""
+def list_entries(cache: StageCache, remote: bool = True) -> list[CacheEntry]:
+    """Every entry and interrupted attempt, here and (with `remote`) in the store, least
+    recently used first."""
     found: dict[tuple[str, str, bool], CacheEntry] = {}
     for entry in _local_entries(cache.local):
         found[(entry.stage, entry.key, entry.partial)] = entry
-    for entry in _store_entries(cache) if cache.remote else []:
+    for entry in _store_entries(cache) if cache.remote and remote else []:
         known = found.get((entry.stage, entry.key, False))
         if known:
             known.where.append(STORE)
@@ -71,51 +76,81 @@ def list_entries(cache: StageCache) -> list[CacheEntry]:
 
 def _local_entries(root: Path) -> list[CacheEntry]:
     entries = []
-    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []:
-        for path in sorted(stage_dir.iterdir()):
+    for stage_dir in _children(root):
+        if not STAGE.fullmatch(stage_dir.name) or stage_dir.is_symlink() or not stage_dir.is_dir():
+            continue
+        for path in _children(stage_dir):
             key, partial = path.name.removesuffix(".partial"), path.name.endswith(".partial")
             if not KEY.fullmatch(key) or path.is_symlink() or not path.is_dir():
                 continue  # locks, leftovers, a planted link: not entries
-            if partial:  # last used when its newest checkpoint was written
-                files = [f.lstat() for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
-                entries.append(CacheEntry(stage_dir.name, key, [LOCAL], sum(f.st_size for f in files),
-                                          max([f.st_mtime for f in files], default=_mtime(path)), partial=True))
-                continue
             try:
-                manifest = parse_manifest((path / MANIFEST).read_bytes(), str(path), key)
-            except (OSError, CorruptEntryError):
-                manifest = {"sizes": {}}  # listed all the same: `verify` says what is wrong with it
-            entries.append(_entry(stage_dir.name, key, LOCAL, manifest, _mtime(path)))
+                entries.append(_partial(stage_dir.name, key, path) if partial else
+                               _entry(stage_dir.name, key, LOCAL, _manifest(path, key), path.lstat().st_mtime))
+            except FileNotFoundError:  # removed meanwhile (committed, discarded, collected)
+                continue
     return entries
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _manifest(path: Path, key: str) -> dict:
+    try:
+        return parse_manifest(read_manifest_bytes(path), str(path), key)
+    except CorruptEntryError:
+        return {"sizes": {}}  # listed all the same: `verify` says what is wrong with it
+
+
+def _partial(stage: str, key: str, path: Path) -> CacheEntry:
+    """An interrupted attempt, last used when its newest checkpoint was written."""
+    sizes, times = 0, [path.lstat().st_mtime]
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:  # a checkpoint's temporary file, renamed meanwhile
+                continue
+            sizes += st.st_size
+            times.append(st.st_mtime)
+    return CacheEntry(stage, key, [LOCAL], sizes, max(times), partial=True)
 
 
 def _store_entries(cache: StageCache) -> list[CacheEntry]:
     remote, entries = cache.remote, []
-    for stage_dir in remote.fs.ls(remote.root, detail=False):
+    for stage_dir in _store_listing(remote.fs, remote.root):
         stage = stage_dir.rstrip("/").rsplit("/", 1)[-1]
-        if not remote.fs.isdir(stage_dir):
+        if not STAGE.fullmatch(stage):
             continue
-        for path in remote.fs.ls(stage_dir, detail=False):
+        for path in _store_listing(remote.fs, stage_dir):
             key = path.rstrip("/").rsplit("/", 1)[-1]
             if not KEY.fullmatch(key):
                 continue
             try:
                 manifest = remote.manifest(f"{stage}/{key}", key)
-            except CorruptEntryError:
-                manifest = {"sizes": {}}
-            if manifest is not None:
                 modified = remote.fs.modified(f"{path}/{MANIFEST}").timestamp()
+            except CorruptEntryError:
+                manifest, modified = {"sizes": {}}, 0.0
+            except FileNotFoundError:  # being uploaded or removed right now
+                continue
+            if manifest is not None:
                 entries.append(_entry(stage, key, STORE, manifest, modified))
     return entries
+
+
+def _store_listing(fs, path: str) -> list[str]:
+    try:
+        return [p for p in fs.ls(path, detail=False) if fs.isdir(p)]
+    except FileNotFoundError:  # a store nothing was written to yet
+        return []
 
 
 def _entry(stage: str, key: str, where: str, manifest: dict, last_used: float) -> CacheEntry:
     return CacheEntry(stage, key, [where], sum(manifest.get("sizes", {}).values()), last_used,
                       manifest.get("run_id", ""), manifest.get("digest", ""), manifest.get("inputs", {}))
-
-
-def _mtime(path: Path) -> float:
-    return path.lstat().st_mtime
 
 
 # --- what uses and what needs an entry (MLflow) ---------------------------------------
@@ -169,7 +204,22 @@ def attach_registered(cfg: LifecycleConfig, entries: list[CacheEntry]) -> None:
             for entry in by_digest.get(digest, []):
                 if label not in entry.needed_by:
                     entry.needed_by.append(label)
-                todo.extend(entry.inputs.values())
+                todo.extend((entry.inputs or _inputs_from_run(client, entry.run_id)).values())
+
+
+def _inputs_from_run(client, run_id: str) -> dict:
+    """The inputs of an entry written before entries recorded them: the `input.<name>_digest`
+    tags of the run that computed it, when this tracking store has that run."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:  # a run of another tracking store
+        return {}
+    return {k.removeprefix("input.").removesuffix("_digest"): v for k, v in tags.items()
+            if k.startswith("input.") and k.endswith("_digest")}
 
 
 # --- verify and collect ---------------------------------------------------------------
@@ -179,8 +229,8 @@ def verify_entries(cache: StageCache, fix: bool = False) -> list[tuple[CacheEntr
     """Re-hash every file of every local entry; (entry, problem) for each that fails, which a
     run would refuse and recompute. With `fix`, those entries are removed."""
     problems = []
-    for entry in list_entries(cache):
-        if LOCAL not in entry.where or entry.partial:
+    for entry in list_entries(cache, remote=False):
+        if entry.partial:
             continue
         path = cache.local / entry.stage / entry.key
         try:
@@ -188,7 +238,11 @@ def verify_entries(cache: StageCache, fix: bool = False) -> list[tuple[CacheEntr
         except CorruptEntryError as err:
             problems.append((entry, str(err)))
             if fix:
-                _remove_local(path)
+                with file_lock(path.with_name(f"{entry.key}.lock"), wait=False) as free:
+                    if free:  # not while a process commits it again
+                        _remove_local(path)
+        except FileNotFoundError:  # discarded meanwhile
+            continue
     return problems
 
 
@@ -196,16 +250,19 @@ def verify_entries(cache: StageCache, fix: bool = False) -> list[tuple[CacheEntr
 class Collection:
     removed: list[CacheEntry]
     kept_needed: list[CacheEntry]  # old or over the size, but a registered version needs them
-    skipped_busy: list[CacheEntry]  # in use (their key's lock held)
+    skipped_busy: list[CacheEntry]  # used recently, or being computed (their key's lock held)
     size_before: int
     size_after: int
 
 
 def collect(cache: StageCache, entries: list[CacheEntry], older_than_days: float | None = None,
-            max_size: int | None = None, remote: bool = False, dry_run: bool = False) -> Collection:
+            max_size: int | None = None, remote: bool = False, dry_run: bool = False,
+            keep_recent_days: float = KEEP_RECENT_DAYS) -> Collection:
     """Remove the entries unused for `older_than_days`, then the least recently used until
     the rest fits in `max_size` bytes; never one a registered version needs (`needed_by`,
-    see attach_registered) or one in use."""
+    see attach_registered), one used in the last `keep_recent_days` (a running lifecycle
+    may be reading it: a hit marks an entry used, but holds no lock while it reads), or
+    one whose key's lock is held (being computed)."""
     scope = [e for e in entries if LOCAL in e.where or (remote and STORE in e.where)]
     size = sum(e.size for e in scope)
     candidates, kept, busy, removed = [], [], [], []
@@ -218,6 +275,9 @@ def collect(cache: StageCache, entries: list[CacheEntry], older_than_days: float
         if entry.needed_by:
             kept.append(entry)
             continue
+        if entry.age_days < keep_recent_days:
+            busy.append(entry)
+            continue
         candidates.append(entry)
         total -= entry.size
     for entry in candidates:
@@ -229,17 +289,20 @@ def collect(cache: StageCache, entries: list[CacheEntry], older_than_days: float
 
 
 def _remove_entry(cache: StageCache, entry: CacheEntry, remote: bool) -> bool:
-    """Remove one entry (here, and in the store with `remote`) unless its key's lock is held."""
+    """Remove one entry (here, and in the store with `remote`) unless its key's lock, or its
+    lease in the store, is held."""
     folder = cache.local / entry.stage
-    name = f"{entry.key}.partial" if entry.partial else entry.key
+    from_store = remote and STORE in entry.where and not entry.partial
+    name = entry_name(entry.stage, entry.key)
     folder.mkdir(parents=True, exist_ok=True)  # for the lock of an entry only in the store
-    with file_lock(folder / f"{entry.key}.lock", wait=False) as free:
-        if not free:
+    with file_lock(folder / f"{entry.key}.lock", wait=False) as free, \
+            (cache.remote.lease(name, wait=False) if from_store else nullcontext(True)) as leased:
+        if not (free and leased):
             return False
         if LOCAL in entry.where:
-            _remove_local(folder / name)
-        if remote and STORE in entry.where and not entry.partial:
-            store_path = cache.remote._path(entry_name(entry.stage, entry.key))
+            _remove_local(folder / (f"{entry.key}.partial" if entry.partial else entry.key))
+        if from_store:
+            store_path = cache.remote._path(name)
             cache.remote.fs.rm(f"{store_path}/{MANIFEST}")  # first: the entry is gone for every reader
             cache.remote.fs.rm(store_path, recursive=True)
     log.info("cache: removed %s %s (%s, unused for %.1f days)", entry.stage, entry.key[:12], human_size(entry.size),
@@ -249,7 +312,10 @@ def _remove_entry(cache: StageCache, entry: CacheEntry, remote: bool) -> bool:
 
 def _remove_local(path: Path) -> None:
     trash = path.with_name(f"{path.name}.trash-{owner_tag()}")
-    os.replace(path, trash)  # atomic: a reader sees the whole entry or none
+    try:
+        os.replace(path, trash)  # atomic: a reader sees the whole entry or none
+    except FileNotFoundError:  # discarded meanwhile by a run that refused it
+        return
     remove(trash)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 
 from lm_tasks.artifacts import write_json
@@ -87,7 +88,8 @@ def parse_manifest(raw: bytes, where: str, key: str) -> dict:
     if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
                for k, v in metrics.items()):
         raise CorruptEntryError(f"{where}: the manifest's metrics are not names with numbers")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.get("inputs", {}).items()):
+    if not all(isinstance(k, str) and isinstance(v, str) and DIGEST.fullmatch(v)
+               for k, v in manifest.get("inputs", {}).items()):
         raise CorruptEntryError(f"{where}: the manifest's inputs are not names with digests")
     folders = {str(parent) for name in files for parent in PurePosixPath(name).parents}
     if folders & files.keys():
@@ -102,6 +104,20 @@ def safe_name(name) -> bool:
     parts = name.split("/")
     return (not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
             and PurePosixPath(name).as_posix() == name)
+
+
+def read_manifest_bytes(entry: Path) -> bytes:
+    """An entry's manifest, read without following a link or blocking on a FIFO, and never more
+    than MAX_MANIFEST_BYTES + 1 bytes (the store may plant /dev/zero under that name)."""
+    path = entry / MANIFEST
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise CorruptEntryError(f"{path} is unreadable ({err})") from err
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CorruptEntryError(f"{path} is not a regular file")
+        return f.read(MAX_MANIFEST_BYTES + 1)
 
 
 def verify(path: Path, key: str | None = None, stamps: Stamps | None = None) -> dict:
@@ -119,12 +135,7 @@ def verify(path: Path, key: str | None = None, stamps: Stamps | None = None) -> 
             if os.path.islink(os.path.join(folder, name)):
                 raise CorruptEntryError(f"{path}: {os.path.join(folder, name)} is a symlink")
         present.update(Path(folder, name).relative_to(path).as_posix() for name in names)
-    try:
-        with open(path / MANIFEST, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as err:
-        raise CorruptEntryError(f"{path / MANIFEST} is unreadable ({err})") from err
-    manifest = parse_manifest(raw, str(path), key)
+    manifest = parse_manifest(read_manifest_bytes(path), str(path), key)
     unlisted = present - manifest["files"].keys() - {MANIFEST}
     if unlisted:  # files the manifest does not vouch for would travel on (exported, logged) unchecked
         raise CorruptEntryError(f"{path}: {sorted(unlisted)[0]!r} is not listed in the manifest")

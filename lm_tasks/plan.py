@@ -25,8 +25,8 @@ import yaml
 from lm_tasks.artifacts import file_digest
 from lm_tasks.cache import CACHED, IN_STORE, RESUMABLE, StageCache
 from lm_tasks.config import LifecycleConfig
-from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, lm_eval_key, pretrain_key, task_eval_key,
-                                 tokenizer_key)
+from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, is_hf_checkpoint, lm_eval_key, pretrain_key,
+                                 task_eval_key, tokenizer_key)
 
 REFRESH, UNKNOWN, OFF = "refresh", "unknown", "cache off"
 REUSED = (CACHED, IN_STORE)  # the states in which a run reuses the stage's output
@@ -70,7 +70,7 @@ def make_plan(cfg: LifecycleConfig) -> Plan:
         if not cfg.cache.enabled:
             return PlannedStage(stage, OFF, key, inputs)
         state, manifest = cache.state(stage, key)
-        if state in REUSED and cache.wants_refresh(stage):
+        if state in (*REUSED, RESUMABLE) and cache.wants_refresh(stage):  # a refresh also starts over
             return PlannedStage(stage, REFRESH, key, inputs, note="cache.refresh asks to recompute it")
         digest = manifest.get("digest") if manifest else None
         note = {RESUMABLE: "resumes from checkpoints/last.ckpt"}.get(state, "")
@@ -93,7 +93,10 @@ def make_plan(cfg: LifecycleConfig) -> Plan:
     evaluated = planned("evaluate", [s.stage for s in parts], evaluation_key, *parts)
     stages = [data, tokens, pretrained, *tuned.values(), evaluated]
     last = Path(cfg.paths.output_dir) / "config.yaml"
-    changes = config_changes(last.read_text(), cfg.resolved_yaml) if last.is_file() else {}
+    try:
+        changes = config_changes(last.read_text(), cfg.resolved_yaml) if last.is_file() else {}
+    except (OSError, yaml.YAMLError):  # unreadable: nothing to compare with
+        last, changes = Path("/nonexistent"), {}
     return Plan(cfg.name, stages, changes, str(last) if last.is_file() else None,
                 round(time.perf_counter() - start, 3))
 
@@ -104,7 +107,8 @@ def _init_from(cfg: LifecycleConfig) -> PlannedStage | None:
     if cfg.init_from is None:
         return None
     weights = Path(cfg.init_from) / "model.safetensors"
-    digest = file_digest(weights) if weights.is_file() else None
+    # our own model folder; a Hugging Face checkpoint is converted first, its digest unknown here
+    digest = file_digest(weights) if weights.is_file() and not is_hf_checkpoint(cfg.init_from) else None
     return PlannedStage(f"init_from={cfg.init_from}", CACHED if digest else UNKNOWN, None, [], digest)
 
 

@@ -118,7 +118,7 @@ def _register(client: MlflowClient, name: str, model: StageResult, part: str, ta
     version = client.create_model_version(name, source, run_id=run_id, model_id=model_id,
                                           tags={"model_digest": model.digest, "part": part, **tags},
                                           description=version_card(model, part, metrics))
-    return str(version.version)
+    return str(version.version)  # the registry returns ints or strings depending on the call
 
 
 def version_card(model: StageResult, part: str, metrics: dict) -> str | None:
@@ -133,7 +133,7 @@ def version_card(model: StageResult, part: str, metrics: dict) -> str | None:
     if len(text) > DESCRIPTION_LIMIT:
         note = "\n\n(cut here: the whole card is README.md in the version's model artifact)\n"
         text = text[:DESCRIPTION_LIMIT - len(note)] + note
-    return text  # the registry returns ints or strings depending on the call
+    return text
 
 
 def _model_source(model: StageResult, part: str, serving: ServingConfig | None) -> tuple[str, str, str | None]:

@@ -9,6 +9,7 @@ digest of the data stage's output. Kept free of MLflow, Prefect and torch, so th
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -83,6 +84,18 @@ def lifecycle_key(cfg: LifecycleConfig) -> str:
     config = {k: v for k, v in asdict(cfg).items() if k not in where}
     config["data"] = _without(config["data"], NOT_IN_KEY)  # e.g. data.executor follows the runner
     return stage_key("lifecycle", config, ["."], {})
+
+
+def is_hf_checkpoint(source: str) -> bool:
+    """Whether `init_from` names a Hugging Face checkpoint, converted before use (so its key is
+    the converted weights'): `hf:<hub id>`, or a folder whose config.json names a model type."""
+    if source.startswith("hf:"):
+        return True
+    config = Path(source) / "config.json"
+    try:
+        return config.is_file() and "model_type" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def task_config(cfg: LifecycleConfig, task: str) -> dict:

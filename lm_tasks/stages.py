@@ -32,7 +32,7 @@ from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
 from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.retry import retry_transient
-from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, lm_eval_key, pretrain_key,
+from lm_tasks.stage_keys import (data_key, evaluate_key, finetune_key, is_hf_checkpoint, lm_eval_key, pretrain_key,
                                  task_eval_key, tokenizer_key)
 from lm_tasks.stage_log import LOG_NAME, stage_log
 
@@ -268,7 +268,7 @@ def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None
     if source is None:
         pretrained = pretrained or find(cfg, "pretrain")
         return Path(pretrained.output_dir) / "model", pretrained.digest
-    if _is_hf_checkpoint(source):
+    if is_hf_checkpoint(source):
         model_dir = _converted_gpt2(cfg, source)
     elif Path(source).is_dir():
         model_dir = Path(source)
@@ -282,14 +282,6 @@ def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None
                 f"hf:<hub id>) nor an MLflow run with a 'model' artifact in {cfg.tracking.tracking_uri}: {err}"
             ) from err
     return model_dir, file_digest(model_dir / "model.safetensors")
-
-
-def _is_hf_checkpoint(source: str) -> bool:
-    """`hf:<hub id>`, or a folder whose config.json names a Hugging Face model type."""
-    if source.startswith("hf:"):
-        return True
-    config = Path(source) / "config.json"
-    return config.is_file() and "model_type" in json.loads(config.read_text())
 
 
 def _converted_gpt2(cfg: LifecycleConfig, source: str) -> Path:

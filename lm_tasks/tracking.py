@@ -49,7 +49,7 @@ def check_reachable(cfg: TrackingConfig, timeout_s: float = 10.0) -> None:
     """Before a flow starts: a tracking server that does not answer its health check fails
     the run at once, in one paragraph, rather than after minutes of MLflow's own retries.
     (Once a run is going, an outage is waited out: see `outage_patience_minutes`.)"""
-    if not cfg.tracking_uri.startswith(("http://", "https://")):
+    if not serves_ui(cfg.tracking_uri):
         return
     import requests
 
@@ -88,7 +88,10 @@ def _experiment_id(cfg: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         if not experiment.tags.get(KIND_TAG):  # made before the kind was set; a user's choice stays
-            MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING_KIND)
+            try:
+                MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING_KIND)
+            except MlflowException as err:  # not ours to edit: the tag is for the UI only
+                log.warning("Could not tag experiment %s as training runs (%s)", cfg.experiment_name, err.message)
         return experiment.experiment_id
     try:
         return mlflow.create_experiment(cfg.experiment_name, artifact_location=_artifact_location(cfg),
@@ -114,10 +117,10 @@ def run_url(tracking_uri: str, run: Run) -> str:
     """Where the MLflow UI shows `run`: on the tracking server itself, or (a local store) on
     `mlflow ui --backend-store-uri <store>` at its default address. Credentials are left out."""
     base = "http://127.0.0.1:5000"
-    if tracking_uri.startswith(("http://", "https://")):
+    if serves_ui(tracking_uri):
         parts = urlsplit(tracking_uri)
-        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
-                           parts.path.rstrip("/"), "", ""))
+        host = parts.netloc.rpartition("@")[2]  # without user:password@, IPv6 brackets kept
+        base = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
     # MLflow 3's UI shows the "Model training" view (not GenAI) when the link asks for it
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
 
@@ -132,6 +135,11 @@ def lifecycle_run_name(cfg: LifecycleConfig, overrides: list[str]) -> str:
     sweep jobs must differ at the start."""
     what = [o for o in reversed(overrides) if not o.lstrip("+~").startswith(WHERE_PREFIXES)]
     return " ".join([*what, f"({default_run_name(cfg)})" if what else default_run_name(cfg)])
+
+
+def serves_ui(tracking_uri: str) -> bool:
+    """Whether the tracking URI is a server whose UI shows its runs (else `mlflow ui` does)."""
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 def default_run_name(cfg: LifecycleConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def test_list_shows_every_entry_its_runs_and_the_versions_that_need_it(after_a_l
     code, out, _ = cache_command(["list", *overrides], capsys)
     assert code == 0 and "lm-lifecycle-lm v1" in out and out.strip().endswith("KB") and "5 entries" in out
 
+    # entries written before entries recorded their inputs: the lineage comes from their runs' tags
+    for stage in ("tokenizer", "pretrain"):
+        manifest_file = store / stage / ran[stage]["key"] / "stage.json"
+        manifest = json.loads(manifest_file.read_text())
+        del manifest["inputs"]
+        manifest_file.write_text(json.dumps(manifest))
+    code, out, _ = cache_command(["list", "--json", *overrides], capsys)
+    assert all(e["needed_by"] == ["lm-lifecycle-lm v1"] for e in json.loads(out) if e["stage"] != "evaluate"
+               and not e["stage"].startswith("evaluate"))
+
 
 def test_gc_removes_old_entries_but_never_what_a_registered_version_needs(after_a_lifecycle, capsys):
     overrides, ran = after_a_lifecycle
@@ -116,15 +127,17 @@ def test_gc_in_a_url_store_and_when_the_registry_is_unreachable(tmp_path, capsys
     assert [(e["stage"], e["where"]) for e in json.loads(out)] == [("data", ["local", "store"])]
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    code, _, err = cache_command(["gc", "--older-than", "0d", *overrides, "tracking.tracking_uri=http://127.0.0.1:9"],
-                                 capsys)
+    code, _, err = cache_command(["gc", "--older-than", "0d", "--keep-recent", "0", *overrides,
+                                  "tracking.tracking_uri=http://127.0.0.1:9"], capsys)
     assert code == 1 and "could not be read" in err and "nothing removed" in err
     assert (store / "data" / key / "stage.json").is_file()
 
-    code, out, _ = cache_command(["gc", "--older-than", "0d", *overrides], capsys)  # the local copy only
+    code, out, _ = cache_command(["gc", "--older-than", "0d", *overrides], capsys)
+    assert code == 0 and "removed 0 entries" in out  # used a moment ago: a running lifecycle may be reading it
+    code, out, _ = cache_command(["gc", "--older-than", "0d", "--keep-recent", "0", *overrides], capsys)  # local only
     assert code == 0 and (store / "data" / key / "stage.json").is_file()
     assert not (tmp_path / "outputs" / "cache-staging" / "data" / key).exists()
-    code, out, _ = cache_command(["gc", "--older-than", "0d", "--remote", *overrides], capsys)
+    code, out, _ = cache_command(["gc", "--older-than", "0d", "--keep-recent", "0", "--remote", *overrides], capsys)
     assert code == 0 and not (store / "data" / key).exists()
 
 
@@ -133,6 +146,15 @@ def test_verify_finds_a_damaged_entry_and_fix_removes_it(tmp_path, capsys):
     result = run_data(load_config(overrides))
     code, out, _ = cache_command(["verify", *overrides], capsys)
     assert code == 0 and "every local entry matches its manifest" in out
+
+    planted = Path(result.output_dir).parent / ("f" * 64)  # a store's entry whose manifest is /dev/zero
+    planted.mkdir()
+    (planted / "stage.json").symlink_to("/dev/zero")
+    code, out, _ = cache_command(["verify", *overrides], capsys)  # refused at once, never read
+    assert code == 1 and f"corrupt: data {'f' * 12}" in out and "stage.json is a symlink" in out
+    code, out, _ = cache_command(["list", "--json", "--no-runs", *overrides], capsys)
+    assert sorted((e["key"][:1], e["size"] > 0) for e in json.loads(out)) == [(result.key[:1], True), ("f", False)]
+    shutil.rmtree(planted)
 
     damaged = Path(result.output_dir) / "report.md"
     damaged.write_text(damaged.read_text() + "tampered\n")

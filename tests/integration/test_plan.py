@@ -83,6 +83,7 @@ def test_plan_shows_a_running_then_a_killed_pretraining(prefect_api, smoke_overr
     pretrain = plan.stages[2]
     assert (pretrain.state, pretrain.note) == ("resumable", "resumes from checkpoints/last.ckpt")
     assert plan.to_run == ["pretrain", "evaluate"]
+    assert states([*overrides, "cache.refresh=pretrain"])["pretrain"] == "refresh"  # a refresh starts over
     run_pretrain(cfg)
     assert states(overrides)["pretrain"] == "cached"
 

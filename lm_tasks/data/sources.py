@@ -176,17 +176,25 @@ def _read_embedded() -> Iterator[dict]:
 # --- the Hub -------------------------------------------------------------------------
 
 
+def _hub_offline_mode() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def _load_hub(cfg: DataConfig, scratch_dir: str | Path) -> dict[str, Dataset]:
     label = f"'{cfg.hub_name}'" + (f" (config '{cfg.hub_config}')" if cfg.hub_config else "")
     names = {"train": cfg.train_split, **({"validation": cfg.validation_split} if cfg.validation_split else {})}
     try:
         loaded = load_dataset(cfg.hub_name, cfg.hub_config, revision=cfg.hub_revision, streaming=cfg.streaming)
     except Exception as err:  # datasets raises many types for "unreachable" and "missing"
-        offline = isinstance(err, ConnectionError) or "offline" in str(err).lower()
-        kind = HubUnreachableError if offline else DataSourceError
+        # Offline mode on (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) and not cached: trying again cannot help.
+        offline_mode = "OfflineModeIsEnabled" in str(err) or _hub_offline_mode()
+        unreachable = not offline_mode and (isinstance(err, ConnectionError) or "offline" in str(err).lower())
+        kind = HubUnreachableError if unreachable else DataSourceError
         raise kind(
             f"Could not load the Hub dataset {label}: {type(err).__name__}: {err}\n"
-            "Without network access, download the files elsewhere and use the local-files "
+            + ("Hugging Face's offline mode is on and the dataset is not in the local cache. " if offline_mode else "")
+            + "Without network access, download the files elsewhere and use the local-files "
             "source instead: data=local data.files=[path/to/train.jsonl] data.text_column=<column>"
         ) from err
     splits = {}

@@ -11,6 +11,7 @@ from lm_tasks.config import load_config
 from lm_tasks.data.prepare import load_prepared, prepare_data
 from lm_tasks.data.shards import ShardError
 from lm_tasks.data.sources import DataSourceError
+from lm_tasks.retry import is_transient
 from tests.text_samples import paragraphs
 
 PARAGRAPHS = paragraphs(60, seed=7)
@@ -140,6 +141,8 @@ def test_unreachable_hub_names_dataset_and_local_alternative(tmp_path, monkeypat
     message = str(err.value)
     assert "Could not load the Hub dataset 'someone/not-cached-corpus' (config 'v1')" in message
     assert "data=local data.files=[" in message
+    # offline mode is a setting, not an outage: the flows do not retry it (lm_tasks.retry)
+    assert "offline mode is on" in message and not is_transient(err.value)
 
 
 def test_embedded_corpus_is_real_english_prose(tmp_path):

@@ -436,6 +436,18 @@ class TaskConfig:
 
 
 @dataclass
+class CheckpointEvalConfig:
+    enabled: bool = False  # evaluate pretraining checkpoints while training runs (lm_tasks/checkpoint_eval.py)
+    every_n_steps: Optional[int] = None  # a weights snapshot every N steps (null: trainer.checkpoint_every_n_steps)
+    threads: int = 1  # the evaluator process's torch threads: what it takes from training
+
+    def __post_init__(self) -> None:
+        for key in ("every_n_steps", "threads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"eval.checkpoints.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
 class EvalConfig:
     batch_size: int  # held-out blocks or task examples per forward pass (results do not depend on it)
     max_batches: Optional[int]
@@ -444,6 +456,7 @@ class EvalConfig:
     temperature: float
     top_k: Optional[int]
     top_p: Optional[float]
+    checkpoints: CheckpointEvalConfig = field(default_factory=CheckpointEvalConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

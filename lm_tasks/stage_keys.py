@@ -60,7 +60,8 @@ def finetune_key(cfg: LifecycleConfig, task: str, model_digest: str) -> str:
 
 def lm_eval_key(cfg: LifecycleConfig, tokens_digest: str, model_digest: str) -> str:
     """The language model's part of the evaluation (cached on its own)."""
-    return stage_key("evaluate:lm", {"eval": asdict(cfg.eval), "seed": cfg.seed}, ["evaluation.py", "models"],
+    config = _without(asdict(cfg.eval), {"checkpoints"})  # evaluation during training changes no final score
+    return stage_key("evaluate:lm", {"eval": config, "seed": cfg.seed}, ["evaluation.py", "models"],
                      {"model": model_digest, "tokens": tokens_digest})
 
 
@@ -68,7 +69,7 @@ def task_eval_key(cfg: LifecycleConfig, task: str, tuned_digest: str) -> str:
     """One fine-tuned task's part of the evaluation (cached on its own)."""
     config = task_config(cfg, task)
     del config["task"]["cv_folds"]  # cross-validation leaves the final model as it is
-    return stage_key(f"evaluate:{task}", {**config, "eval": asdict(cfg.eval)},
+    return stage_key(f"evaluate:{task}", {**config, "eval": _without(asdict(cfg.eval), {"checkpoints"})},
                      ["models", "tasks", "metrics"], {"model": tuned_digest, **task_files(cfg, task)})
 
 

@@ -20,10 +20,13 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlflow
 
@@ -161,8 +164,13 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
 
         start = time.perf_counter()
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
-        summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri,
-                               mlflow.active_run().info.run_id)
+        run_id = mlflow.active_run().info.run_id
+        if cfg.eval.checkpoints.enabled and cfg.model.trainable:
+            inputs["snapshots_dir"] = local_root(cfg.cache) / ".snapshots" / f"pretrain-{out.name.split('.')[0]}"
+            with checkpoint_evaluator(cfg, Path(inputs["snapshots_dir"]), Path(tokens.output_dir), run_id):
+                summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri, run_id)
+        else:
+            summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri, run_id)
         _log_profile(out)
         meta = json.loads((Path(tokens.output_dir) / "meta.json").read_text())
         baseline = unigram_loss(tokens.output_dir, meta["vocab_size"])
@@ -227,6 +235,53 @@ def _cross_validate(cfg: LifecycleConfig, task: str, model_dir: Path, out: Path)
     (out / "cross_validation.md").write_text(report_markdown(task, scores, summary))
     mlflow.log_artifact(str(out / "cross_validation.md"))
     return {f"eval/{task}/{name}": value for name, value in summary.items()}
+
+
+# How the stage starts the checkpoint evaluator (a test may start a failing one instead).
+EVALUATOR = [sys.executable, "-m", "lm_tasks.checkpoint_eval"]
+
+
+@contextmanager
+def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path, run_id: str) -> Iterator[None]:
+    """An evaluator process beside the training (eval.checkpoints), its own thread budget and a
+    lower priority. Training never waits on it or fails with it: once training has ended, what
+    the evaluator did not score (it died, was killed, or is still busy after a while) is scored
+    here, and the results are logged as `ckpt/evaluations.md` and `ckpt/curve.png`."""
+    from lm_tasks import checkpoint_eval
+
+    snapshots.mkdir(parents=True, exist_ok=True)
+    (snapshots / checkpoint_eval.DONE).unlink(missing_ok=True)  # a resumed run trains again
+    threads = str(cfg.eval.checkpoints.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri}  # not on the command line: it may hold credentials
+    command = [*EVALUATOR, "--snapshots", str(snapshots), "--tokens", str(tokens_dir), "--threads", threads,
+               "--batch-size", str(cfg.eval.batch_size), "--run-id", run_id]
+    with open(snapshots / "evaluator.log", "ab") as out:
+        evaluator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     preexec_fn=lambda: os.nice(10))
+    try:
+        yield
+    finally:
+        (snapshots / checkpoint_eval.DONE).touch()
+        try:
+            evaluator.wait(timeout=EVALUATOR_GRACE_S)
+        except subprocess.TimeoutExpired:
+            evaluator.kill()
+            evaluator.wait()
+        if evaluator.returncode != 0:
+            log.warning("checkpoint evaluator ended with %s (log: %s); scoring what it left here",
+                        evaluator.returncode, snapshots / "evaluator.log")
+    try:
+        results = checkpoint_eval.evaluate_pending(snapshots, tokens_dir, cfg.eval.batch_size, run_id)
+    except Exception as err:  # the training's result stands without its checkpoint curve
+        log.warning("checkpoint evaluation failed (%s: %s); the pretraining result stands", type(err).__name__, err)
+        return
+    if results:
+        mlflow.log_text(checkpoint_eval.curve_markdown(results), "ckpt/evaluations.md")
+        mlflow.log_artifact(str(checkpoint_eval.plot_curve(results, snapshots / "curve.png")), "ckpt")
+
+
+EVALUATOR_GRACE_S = 600  # how long a finished training waits for the evaluator's last snapshot
 
 
 def _log_profile(out: Path) -> None:

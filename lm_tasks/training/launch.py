@@ -142,7 +142,8 @@ def _train(job: str, cfg: LifecycleConfig, inputs: dict, out_dir: Path, logger) 
     if job == "pretrain":
         from lm_tasks.training.pretrain import pretrain
 
-        summary = pretrain(cfg, inputs["tokens_dir"], inputs["tokenizer_path"], out_dir, logger)
+        summary = pretrain(cfg, inputs["tokens_dir"], inputs["tokenizer_path"], out_dir, logger,
+                           snapshots_dir=inputs.get("snapshots_dir"))
     elif job == "finetune":
         from lm_tasks.training.finetune import finetune_task
 

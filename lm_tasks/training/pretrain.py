@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from lm_tasks.checkpoint_eval import SnapshotWriter
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.datamodule import PackedDataModule
 from lm_tasks.models.io import build_config, build_model, save_pretrained
@@ -41,9 +42,11 @@ def model_config_for(cfg: LifecycleConfig, tokenizer_path: str | Path):
 
 
 def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str | Path,
-             out_dir: str | Path, logger: Logger | bool = False, callbacks: tuple[L.Callback, ...] = ()) -> dict:
+             out_dir: str | Path, logger: Logger | bool = False, callbacks: tuple[L.Callback, ...] = (),
+             snapshots_dir: str | Path | None = None) -> dict:
     """Train the model on the packed tokens; export the best weights; return a summary.
-    `callbacks`: Lightning callbacks to add to the recipe's own (a benchmark's step clock)."""
+    `callbacks`: Lightning callbacks to add to the recipe's own (a benchmark's step clock).
+    `snapshots_dir`: where weight snapshots for checkpoint evaluation go (lm_tasks.checkpoint_eval)."""
     if not cfg.model.trainable:
         from lm_tasks.training.ngram import fit_ngram
 
@@ -82,7 +85,9 @@ def pretrain(cfg: LifecycleConfig, tokens_dir: str | Path, tokenizer_path: str |
         callbacks=[checkpoint, last,
                    Throughput(t.log_every_n_steps, line_every=max(1, t.max_steps // 10),
                               flops_per_token=module.model.flops_per_token(), peak_tflops=t.peak_tflops),
-                   *pruning_callbacks(cfg, "pretrain"), *callbacks],  # pruning: on a search trial only
+                   *pruning_callbacks(cfg, "pretrain"), *callbacks,  # pruning: on a search trial only
+                   *([SnapshotWriter(snapshots_dir, cfg.eval.checkpoints.every_n_steps or t.checkpoint_every_n_steps,
+                                     tokenizer_path)] if snapshots_dir else [])],
         profiler=profiler(t.profiler, out_dir),
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
         default_root_dir=str(out_dir), num_sanity_val_steps=0,

@@ -5,11 +5,11 @@ With `eval.checkpoints.enabled`, pretraining writes a snapshot of the weights ev
 cache entry, one `step-0000200/` per snapshot (the exported model format, then
 `snapshot.json` with the step and the weights' digest, written last). An evaluator in a
 process of its own (`python -m lm_tasks.checkpoint_eval`, `eval.checkpoints.threads`
-torch threads, a lower CPU priority) scores each snapshot as it appears: held-out loss,
-perplexity and bits per byte over the whole validation split. It logs them into the
-pretraining's MLflow run at the snapshot's step (`ckpt/loss`, `ckpt/perplexity`,
-`ckpt/bpb`) and keeps each result beside its snapshot (`evaluation.json`, naming the
-digest it scored), so nothing is scored twice.
+torch threads, the lowest CPU priority, nothing imported but torch and the model code)
+scores each snapshot as it appears: held-out loss, perplexity and bits per byte over the
+whole validation split, kept beside the snapshot (`evaluation.json`, naming the digest it
+scored, so nothing is scored twice). The stage's process logs each result into the
+pretraining's MLflow run at the snapshot's step (`ckpt/loss`, `ckpt/perplexity`, `ckpt/bpb`).
 
 The evaluator never fails the training: if it dies or is killed, the stage scores what it
 left (`evaluate_pending`) once training has finished, and so does the next run of an
@@ -26,9 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
-
-from lm_tasks.artifacts import file_digest, write_json
+from lm_tasks.artifacts import write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +62,6 @@ def evaluated(snapshot: Snapshot) -> dict | None:
     return result if isinstance(result, dict) and result.get("digest") == snapshot.digest else None
 
 
-class SnapshotWriter(L.Callback):
-    """Writes a snapshot of the weights every `every` optimizer steps (on rank zero)."""
-
-    def __init__(self, folder: Path, every: int, tokenizer_path: Path):
-        self.folder, self.every, self.tokenizer_path = Path(folder), every, Path(tokenizer_path)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == 0 or step % self.every or not trainer.is_global_zero:
-            return
-        path = self.folder / f"step-{step:07d}"
-        if (path / SNAPSHOT).is_file():
-            return  # written before this run resumed, or on the last accumulation micro-batch already
-        from lm_tasks.models.io import save_pretrained
-
-        save_pretrained(pl_module.model, path, self.tokenizer_path)
-        write_json(path / SNAPSHOT, {"step": step, "digest": file_digest(path / "model.safetensors")})
-
-
 def evaluate_snapshot(snapshot: Snapshot, tokens_dir: Path, batch_size: int) -> dict:
     """Held-out loss, perplexity and bits per byte of the snapshot on the whole validation split."""
     from lm_tasks.evaluation import heldout_loss, lm_metrics
@@ -92,28 +71,33 @@ def evaluate_snapshot(snapshot: Snapshot, tokens_dir: Path, batch_size: int) -> 
     return lm_metrics(heldout_loss(model, tokens_dir, batch_size), tokens_dir)
 
 
-def evaluate_pending(folder: Path, tokens_dir: Path, batch_size: int, run_id: str | None) -> list[dict]:
-    """Score every snapshot not scored yet, log each into `run_id` at its step; every result."""
-    results = []
+def evaluate_pending(folder: Path, tokens_dir: Path, batch_size: int) -> list[dict]:
+    """Score every snapshot not scored yet; every result, by step."""
     for snapshot in snapshots(folder):
-        result = evaluated(snapshot)
-        if result is None:
+        if evaluated(snapshot) is None:
             metrics = evaluate_snapshot(snapshot, tokens_dir, batch_size)
-            result = {"step": snapshot.step, "digest": snapshot.digest, "metrics": metrics}
-            if run_id:
-                _log(run_id, snapshot.step, metrics)
-            write_json(snapshot.path / RESULT, result)
+            write_json(snapshot.path / RESULT, {"step": snapshot.step, "digest": snapshot.digest, "metrics": metrics})
             log.info("checkpoint evaluation: step %d  bpb %.4f", snapshot.step, metrics["bpb"])
-        results.append(result)
-    return results
+    return results(folder)
 
 
-def _log(run_id: str, step: int, metrics: dict) -> None:
+def results(folder: Path) -> list[dict]:
+    """The evaluations made so far, by step."""
+    return [result for snapshot in snapshots(folder) if (result := evaluated(snapshot)) is not None]
+
+
+def log_results(folder: Path, run_id: str, logged: set[int]) -> None:
+    """Log the evaluations not logged yet into the MLflow run `run_id`, each at its step (the
+    stage's process does this: the evaluator needs neither MLflow nor the store's address)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(PREFIX + k, float(v), now, step) for k, v in metrics.items()])
+    for result in results(folder):
+        if result["step"] not in logged:
+            now = int(time.time() * 1000)
+            MlflowClient().log_batch(run_id, metrics=[Metric(PREFIX + k, float(v), now, result["step"])
+                                                      for k, v in result["metrics"].items()])
+            logged.add(result["step"])
 
 
 def curve_markdown(results: list[dict]) -> str:
@@ -145,11 +129,11 @@ def plot_curve(results: list[dict], path: Path) -> Path:
 # --- the evaluator process -------------------------------------------------------------
 
 
-def watch(folder: Path, tokens_dir: Path, batch_size: int, run_id: str | None, poll_s: float = 1.0) -> None:
+def watch(folder: Path, tokens_dir: Path, batch_size: int, poll_s: float = 1.0) -> None:
     """Score snapshots as they appear until training marks itself done and none is left."""
     while True:
         done = (folder / DONE).is_file()  # read first: a snapshot written before it is seen below
-        evaluate_pending(folder, tokens_dir, batch_size, run_id)
+        evaluate_pending(folder, tokens_dir, batch_size)
         if done:
             return
         time.sleep(poll_s)
@@ -161,18 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--run-id")
-    parser.add_argument("--tracking-uri")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.tracking_uri:
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri)
     logging.basicConfig(level=logging.INFO, format="[checkpoint evaluator] %(message)s")
-    watch(args.snapshots, args.tokens, args.batch_size, args.run_id)
+    watch(args.snapshots, args.tokens, args.batch_size)
     return 0
 
 

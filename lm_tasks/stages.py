@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import shutil
+import contextvars
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -167,6 +169,8 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         run_id = mlflow.active_run().info.run_id
         if cfg.eval.checkpoints.enabled and cfg.model.trainable:
             inputs["snapshots_dir"] = local_root(cfg.cache) / ".snapshots" / f"pretrain-{out.name.split('.')[0]}"
+            if not (out / "checkpoints" / "last.ckpt").is_file():  # training starts over: so do its snapshots
+                shutil.rmtree(inputs["snapshots_dir"], ignore_errors=True)
             with checkpoint_evaluator(cfg, Path(inputs["snapshots_dir"]), Path(tokens.output_dir), run_id):
                 summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri, run_id)
         else:
@@ -252,16 +256,29 @@ def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path
     snapshots.mkdir(parents=True, exist_ok=True)
     (snapshots / checkpoint_eval.DONE).unlink(missing_ok=True)  # a resumed run trains again
     threads = str(cfg.eval.checkpoints.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "MLFLOW_TRACKING_URI": cfg.tracking.tracking_uri}  # not on the command line: it may hold credentials
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     command = [*EVALUATOR, "--snapshots", str(snapshots), "--tokens", str(tokens_dir), "--threads", threads,
-               "--batch-size", str(cfg.eval.batch_size), "--run-id", run_id]
-    with open(snapshots / "evaluator.log", "ab") as out:
+               "--batch-size", str(cfg.eval.batch_size)]
+    with open(snapshots / "evaluator.log", "ab") as out:  # the lowest priority: training goes first
         evaluator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     preexec_fn=lambda: os.nice(10))
+                                     preexec_fn=lambda: os.nice(19))
+    logged: set[int] = set()
+    trained = threading.Event()
+
+    def log_as_they_come() -> None:  # in this process, which has MLflow: the evaluator does not
+        while not trained.wait(1.0):
+            try:
+                checkpoint_eval.log_results(snapshots, run_id, logged)
+            except Exception as err:  # a tracking hiccup: what is left is logged at the end
+                log.debug("checkpoint results not logged yet: %s", err)
+
+    logger = threading.Thread(target=contextvars.copy_context().run, args=(log_as_they_come,), daemon=True)
+    logger.start()
     try:
         yield
     finally:
+        trained.set()
+        logger.join()
         (snapshots / checkpoint_eval.DONE).touch()
         try:
             evaluator.wait(timeout=EVALUATOR_GRACE_S)
@@ -272,7 +289,8 @@ def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path
             log.warning("checkpoint evaluator ended with %s (log: %s); scoring what it left here",
                         evaluator.returncode, snapshots / "evaluator.log")
     try:
-        results = checkpoint_eval.evaluate_pending(snapshots, tokens_dir, cfg.eval.batch_size, run_id)
+        results = checkpoint_eval.evaluate_pending(snapshots, tokens_dir, cfg.eval.batch_size)
+        checkpoint_eval.log_results(snapshots, run_id, logged)
     except Exception as err:  # the training's result stands without its checkpoint curve
         log.warning("checkpoint evaluation failed (%s: %s); the pretraining result stands", type(err).__name__, err)
         return

@@ -11,6 +11,10 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import EarlyStopping
 
+from lm_tasks.artifacts import file_digest, write_json
+from lm_tasks.checkpoint_eval import SNAPSHOT
+from lm_tasks.models.io import save_pretrained
+
 log = logging.getLogger(__name__)
 
 
@@ -105,3 +109,21 @@ class ResumableEarlyStopping(EarlyStopping):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.stopped = bool(state_dict.get("stopped", False))
+
+
+class SnapshotWriter(L.Callback):
+    """A snapshot of the weights every `every` optimizer steps (on rank zero), for the checkpoint
+    evaluator (lm_tasks.checkpoint_eval) to score outside the training process."""
+
+    def __init__(self, folder: Path, every: int, tokenizer_path: Path):
+        self.folder, self.every, self.tokenizer_path = Path(folder), every, Path(tokenizer_path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every or not trainer.is_global_zero:
+            return
+        path = self.folder / f"step-{step:07d}"
+        if (path / SNAPSHOT).is_file():
+            return  # written before this run resumed, or on the last accumulation micro-batch already
+        save_pretrained(pl_module.model, path, self.tokenizer_path)
+        write_json(path / SNAPSHOT, {"step": step, "digest": file_digest(path / "model.safetensors")})

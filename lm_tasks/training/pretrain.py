@@ -19,12 +19,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-from lm_tasks.checkpoint_eval import SnapshotWriter
 from lm_tasks.config import LifecycleConfig
 from lm_tasks.data.datamodule import PackedDataModule
 from lm_tasks.models.io import build_config, build_model, save_pretrained
 from lm_tasks.tokenizer import load_tokenizer, special_token_ids
-from lm_tasks.training.callbacks import Throughput, profiler
+from lm_tasks.training.callbacks import SnapshotWriter, Throughput, profiler
 from lm_tasks.training.checkpoints import (AtomicCheckpointIO, LastCheckpoint, load_checkpoint,
                                            sigterm_between_steps, submodule_state)
 from lm_tasks.training.distributed import batch_plan, strategy

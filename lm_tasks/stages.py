@@ -247,10 +247,11 @@ EVALUATOR = [sys.executable, "-m", "lm_tasks.checkpoint_eval"]
 
 @contextmanager
 def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path, run_id: str) -> Iterator[None]:
-    """An evaluator process beside the training (eval.checkpoints), its own thread budget and a
-    lower priority. Training never waits on it or fails with it: once training has ended, what
+    """An evaluator process beside the training (eval.checkpoints), its own thread budget and the
+    lowest priority. Training never waits on it or fails with it: once training has ended, what
     the evaluator did not score (it died, was killed, or is still busy after a while) is scored
-    here, and the results are logged as `ckpt/evaluations.md` and `ckpt/curve.png`."""
+    here, and the results are logged as `ckpt/evaluations.md` and `ckpt/curve.png`. A training
+    that fails or is interrupted stops the evaluator at once; the next attempt scores the rest."""
     from lm_tasks import checkpoint_eval
 
     snapshots.mkdir(parents=True, exist_ok=True)
@@ -276,6 +277,9 @@ def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path
     logger.start()
     try:
         yield
+    except BaseException:
+        evaluator.kill()  # the training failed or was interrupted: end now, not after the evaluations
+        raise
     finally:
         trained.set()
         logger.join()
@@ -285,9 +289,9 @@ def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path
         except subprocess.TimeoutExpired:
             evaluator.kill()
             evaluator.wait()
-        if evaluator.returncode != 0:
-            log.warning("checkpoint evaluator ended with %s (log: %s); scoring what it left here",
-                        evaluator.returncode, snapshots / "evaluator.log")
+    if evaluator.returncode != 0:
+        log.warning("checkpoint evaluator ended with %s (log: %s); scoring what it left here",
+                    evaluator.returncode, snapshots / "evaluator.log")
     try:
         results = checkpoint_eval.evaluate_pending(snapshots, tokens_dir, cfg.eval.batch_size)
         checkpoint_eval.log_results(snapshots, run_id, logged)

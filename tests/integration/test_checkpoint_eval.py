@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -54,3 +55,13 @@ def test_an_evaluator_that_dies_never_fails_the_training_and_its_work_is_caught_
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert "checkpoint evaluator ended with 3" in caplog.text
     assert sorted(m.step for m in client.get_metric_history(result.run_id, "ckpt/bpb")) == [3, 6, 9]
+
+
+def test_a_failing_training_stops_the_evaluator_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "EVALUATOR", [sys.executable, "-c", "import time; time.sleep(600)"])
+    cfg = load_config(["debug=smoke", f"paths.root_dir={tmp_path}", "eval.checkpoints.enabled=true"])
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="training failed"):
+        with stages.checkpoint_evaluator(cfg, tmp_path / "snapshots", tmp_path / "tokens", run_id="unused"):
+            raise RuntimeError("training failed")
+    assert time.monotonic() - started < 30  # not the evaluator's grace period (EVALUATOR_GRACE_S)

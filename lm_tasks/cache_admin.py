@@ -212,14 +212,15 @@ def _inputs_from_run(client, run_id: str) -> dict:
     tags of the run that computed it, when this tracking store has that run."""
     from mlflow.exceptions import MlflowException
 
+    from lm_tasks import lineage
+
     if not run_id:
         return {}
     try:
         tags = client.get_run(run_id).data.tags
     except MlflowException:  # a run of another tracking store
         return {}
-    return {k.removeprefix("input.").removesuffix("_digest"): v for k, v in tags.items()
-            if k.startswith("input.") and k.endswith("_digest")}
+    return lineage.input_digests(tags)
 
 
 # --- verify and collect ---------------------------------------------------------------

@@ -31,6 +31,12 @@ def run_here(run_id: str) -> Run | None:
         raise
 
 
+def input_digests(run_tags: dict) -> dict[str, str]:
+    """A stage run's inputs, from its `input.<name>_digest` tags: name -> content digest."""
+    return {k.removeprefix("input.").removesuffix("_digest"): v for k, v in run_tags.items()
+            if k.startswith("input.") and k.endswith("_digest")}
+
+
 def tags(results: list) -> dict[str, str]:
     """The lineage tags of the lifecycle run, for its stages' results (StageResult)."""
     tags = {}

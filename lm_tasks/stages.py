@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import mlflow
 
-from lm_tasks import tracking
+from lm_tasks import lineage, tracking
 from lm_tasks.artifacts import file_digest, files_digest, replace, write_json
 from lm_tasks.cache import Entry, StageCache, file_lock, local_root, stage_key
 from lm_tasks.config import LifecycleConfig
@@ -505,8 +505,7 @@ def _run_stage(cfg: LifecycleConfig, stage: str, key: str, tags: dict,
                         digest, metrics = compute(work)
                     retry_transient(lambda: (tracking.log_metrics(metrics), mlflow.set_tag("output.digest", digest)),
                                     f"Logging the {stage} stage's results", _patience_s(cfg))
-                    inputs = {k.removeprefix("input.").removesuffix("_digest"): v for k, v in tags.items()
-                              if k.startswith("input.")}
+                    inputs = lineage.input_digests(tags)
                     result = StageResult(stage, str(cache.entry_dir(stage, key)), digest, run.info.run_id,
                                          round(time.perf_counter() - start, 2),
                                          {k: float(v) for k, v in metrics.items()}, key, inputs=inputs)

@@ -52,6 +52,13 @@ def states(tmp_path: Path) -> list[str]:
         return []
 
 
+def pretraining(tmp_path: Path) -> bool:
+    """A pretraining is under way: its cache entry is still partial (a sleep after the trial
+    started was not enough on a fast machine: the whole smoke trial could finish in it)."""
+    pretrain = tmp_path / "outputs" / "cache" / "pretrain"
+    return pretrain.is_dir() and any(p.name.endswith(".partial") for p in pretrain.iterdir())
+
+
 def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -83,8 +90,8 @@ def test_a_killed_search_continues_where_it_stopped(tmp_path, prefect_api):
     cmd, log = command(tmp_path, "hydra.sweeper.n_trials=2"), tmp_path / "search.log"
     process = start(cmd, log, prefect_api)
     try:  # kill the whole search (Prefect server included) while the second trial trains
-        wait_for(lambda: {"COMPLETE", "RUNNING"} <= set(states(tmp_path)), process, log, timeout=240)
-        time.sleep(2)
+        wait_for(lambda: {"COMPLETE", "RUNNING"} <= set(states(tmp_path)) and pretraining(tmp_path),
+                 process, log, timeout=240)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

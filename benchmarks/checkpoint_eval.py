@@ -7,7 +7,9 @@ Pretrains the default model on the embedded corpus (trainer.max_steps=200, a che
 compares their training speed: the time-weighted mean of `train/tokens_per_sec` over the
 logged steps (tokens over time, read back from MLflow: it counts the steps an evaluation
 slowed), its median, and the stage's wall time (training, the wait for the last evaluation,
-the artifacts). The evaluator runs in its own process, with `eval.checkpoints.threads` threads.
+the artifacts). The evaluator runs in its own process, with `eval.checkpoints.threads` threads,
+and scores each snapshot fully: held-out loss over the whole validation split and the sample
+generations (add eval.checkpoints.probe=sentiment to include the probe).
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     runs = {"off": [], "on": []}
-    for _ in range(args.repeats):
-        for mode in runs:
-            runs[mode].append(measure([*BASE, *args.overrides, f"eval.checkpoints.enabled={mode == 'on'}"]))
+    for repeat in range(args.repeats):
+        for mode in runs:  # a seed per repeat: each "on" run's checkpoints are new weights, not cached evaluations
+            runs[mode].append(measure([*BASE, *args.overrides, f"seed={1000 + repeat}",
+                                       f"eval.checkpoints.enabled={mode == 'on'}"]))
             print(mode, runs[mode][-1], flush=True)
 
     def median(mode: str, key: str) -> float:

@@ -31,7 +31,7 @@ from prefect.task_runners import TaskRunner
 
 from lm_tasks.config import (CONF_DIR, ENTRY_CONFIG, ConfigError, LifecycleConfig, RunnerConfig, compose_config,
                              group_options, load_config)
-from lm_tasks import tracking
+from lm_tasks import checkpoint_eval, tracking
 from lm_tasks.redaction import RedactingFilter, install_log_filter, redact, secrets_in
 from lm_tasks.retry import is_transient
 from lm_tasks.stages import StageResult
@@ -50,6 +50,23 @@ def retry_on_io(task, task_run, state) -> bool:
 # tracking server away or overloaded), failed at once on anything else. The second try
 # waits a minute: long enough for a server restart.
 RETRY_POLICY = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": retry_on_io}
+
+
+def emit_checkpoint_event(announcement: dict) -> None:
+    """A pretraining checkpoint, published to the cache, as a Prefect event (subscribed below):
+    its resource is the pretraining's MLflow run, its payload what an evaluator needs. The
+    `lm-evaluate-checkpoint` deployment's trigger (prefect.yaml) takes those whose resource
+    says `lm-tasks.evaluator: deployment`."""
+    from prefect.events import emit_event
+
+    run_id = announcement["run_id"]
+    emit_event(event=checkpoint_eval.EVENT,
+               resource={"prefect.resource.id": f"mlflow.run.{run_id}", "prefect.resource.name": f"pretrain {run_id}",
+                         "lm-tasks.evaluator": announcement["evaluator"]},
+               payload={k: announcement[k] for k in ("run_id", "step", "digest", "path", "tokens_key", "pretrain_key")})
+
+
+checkpoint_eval.subscribe(emit_checkpoint_event)
 
 
 def stage_task(name: str, **options):

@@ -302,6 +302,8 @@ def _remove_entry(cache: StageCache, entry: CacheEntry, remote: bool) -> bool:
             return False
         if LOCAL in entry.where:
             _remove_local(folder / (f"{entry.key}.partial" if entry.partial else entry.key))
+            if entry.stage == "pretrain":  # the staging of its checkpoint snapshots (eval.checkpoints), if left
+                remove(cache.local / ".snapshots" / f"pretrain-{entry.key}")
         if from_store:
             store_path = cache.remote._path(name)
             cache.remote.fs.rm(f"{store_path}/{MANIFEST}")  # first: the entry is gone for every reader

@@ -440,8 +440,14 @@ class CheckpointEvalConfig:
     enabled: bool = False  # evaluate pretraining checkpoints while training runs (lm_tasks/checkpoint_eval.py)
     every_n_steps: Optional[int] = None  # a weights snapshot every N steps (null: trainer.checkpoint_every_n_steps)
     threads: int = 1  # the evaluator process's torch threads: what it takes from training
+    # local: a process beside the training; deployment: the evaluate-checkpoint deployment on a
+    # worker, started by each checkpoint's Prefect event (prefect.yaml)
+    evaluator: str = "local"
+    probe: str = "none"  # sentiment: a linear probe of the hidden states on the embedded sentiment set
 
     def __post_init__(self) -> None:
+        _check_choice("eval.checkpoints.evaluator", self.evaluator, ("local", "deployment"))
+        _check_choice("eval.checkpoints.probe", self.probe, ("none", "sentiment"))
         for key in ("every_n_steps", "threads"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"eval.checkpoints.{key} must be >= 1, got {getattr(self, key)}")

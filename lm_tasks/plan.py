@@ -106,6 +106,9 @@ def _init_from(cfg: LifecycleConfig) -> PlannedStage | None:
     checkpoint or an MLflow run is resolved only when the run starts."""
     if cfg.init_from is None:
         return None
+    if cfg.init_from.startswith("best:"):  # a checkpoint of the pretraining above, chosen by its evaluations
+        return PlannedStage(f"init_from={cfg.init_from}", UNKNOWN, None, ["pretrain"], None,
+                            "the pretraining's checkpoint best on that metric, chosen when the run starts")
     weights = Path(cfg.init_from) / "model.safetensors"
     # our own model folder; a Hugging Face checkpoint is converted first, its digest unknown here
     digest = file_digest(weights) if weights.is_file() and not is_hf_checkpoint(cfg.init_from) else None

@@ -19,16 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
-import contextvars
-import subprocess
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import mlflow
 
@@ -168,11 +164,16 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         inputs = {"tokens_dir": tokens.output_dir, "tokenizer_path": Path(tokens.output_dir) / "tokenizer.json"}
         run_id = mlflow.active_run().info.run_id
         if cfg.eval.checkpoints.enabled and cfg.model.trainable:
-            inputs["snapshots_dir"] = local_root(cfg.cache) / ".snapshots" / f"pretrain-{out.name.split('.')[0]}"
+            from lm_tasks.checkpoint_publisher import beside_training
+
+            key = out.name.split(".")[0]
+            inputs["snapshots_dir"] = local_root(cfg.cache) / ".snapshots" / f"pretrain-{key}"
             if not (out / "checkpoints" / "last.ckpt").is_file():  # training starts over: so do its snapshots
                 shutil.rmtree(inputs["snapshots_dir"], ignore_errors=True)
-            with checkpoint_evaluator(cfg, Path(inputs["snapshots_dir"]), Path(tokens.output_dir), run_id):
+            with beside_training(cfg, Path(inputs["snapshots_dir"]), tokens, key, run_id, out):
                 summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri, run_id)
+            if (out / "evaluator.log").is_file():
+                mlflow.log_artifact(str(out / "evaluator.log"), "ckpt")
         else:
             summary = run_training(cfg, "pretrain", inputs, out, cfg.tracking.tracking_uri, run_id)
         _log_profile(out)
@@ -192,8 +193,62 @@ def run_pretrain(cfg: LifecycleConfig, tokens: StageResult | None = None,
         metrics = {"pretrain/best_val_loss": summary["best_val_loss"], "pretrain/parameters": summary["parameters"]}
         return file_digest(Path(summary["model_dir"]) / "model.safetensors"), metrics
 
-    return _run_stage(cfg, "pretrain", pretrain_key(cfg, tokens.digest), {"input.tokens_digest": tokens.digest},
-                      compute, parent_run_id, resume=True)
+    result = _run_stage(cfg, "pretrain", pretrain_key(cfg, tokens.digest), {"input.tokens_digest": tokens.digest},
+                        compute, parent_run_id, resume=True)
+    if result.cached and cfg.eval.checkpoints.enabled:
+        _catch_up_checkpoints(cfg, result, tokens)
+    return result
+
+
+def _catch_up_checkpoints(cfg: LifecycleConfig, pretrained: StageResult, tokens: StageResult) -> None:
+    """Score the checkpoints of a cached pretraining that no evaluator scored (it was killed, or
+    no worker took the events) and log them into that pretraining's run."""
+    from lm_tasks import checkpoint_eval
+
+    listed = checkpoint_eval.listing(Path(pretrained.output_dir))
+    if not listed:
+        return
+    tracking.configure(cfg.tracking)
+    scratch = local_root(cfg.cache) / ".snapshots" / f"catch-up-{os.getpid()}"
+    try:
+        scored = checkpoint_eval.catch_up(StageCache(cfg.cache), listed, Path(tokens.output_dir), tokens.digest,
+                                          checkpoint_eval.Settings.of(cfg), pretrained.run_id, scratch)
+    except Exception as err:  # the cached result stands without its curve
+        log.warning("checkpoint catch-up failed (%s: %s)", type(err).__name__, err)
+        return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if scored:
+        log.info("pretrain: caught up %d checkpoint evaluation(s) of run %s", scored, pretrained.run_id)
+
+
+def run_checkpoint_evaluation(cfg: LifecycleConfig, run_id: str, step: int, digest: str, tokens_key: str) -> dict:
+    """One announced checkpoint (a `lm-tasks.checkpoint.saved` event's payload), evaluated here,
+    from this machine's cache or its shared store, and logged into the pretraining run
+    `run_id` at `step`, with the curve redrawn. Its metrics. The payload is not trusted."""
+    from lm_tasks import checkpoint_eval
+
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id) or not all(
+            checkpoint_eval.DIGEST.fullmatch(value) for value in (digest, tokens_key)) or int(step) < 0:
+        raise ValueError(f"not a checkpoint announcement: run_id={run_id!r} step={step!r} digest={digest!r} "
+                         f"tokens_key={tokens_key!r}")
+    cache = StageCache(cfg.cache)
+    tokens, snapshot = cache.lookup("tokenizer", tokens_key), cache.lookup(checkpoint_eval.SNAPSHOT_STAGE, digest)
+    for what, entry in (("tokenizer", tokens), ("snapshot", snapshot)):
+        if entry is None:
+            raise FileNotFoundError(f"the {what} entry of checkpoint {step} is in neither {cache.local} nor the "
+                                    f"cache store {cfg.cache.store!r}: is this worker's cache.store the training's?")
+    tokens_digest = str(tokens.manifest.get("digest", ""))
+    result = checkpoint_eval.evaluate_checkpoint(cache, snapshot.path, digest, int(step), tokens.path, tokens_digest,
+                                                 checkpoint_eval.Settings.of(cfg))
+    tracking.configure(cfg.tracking)
+    checkpoint_eval.log_result(run_id, {**result, "step": int(step)})
+    scratch = local_root(cfg.cache) / ".snapshots" / f"curve-{os.getpid()}"
+    try:
+        checkpoint_eval.log_curve(run_id, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {checkpoint_eval.PREFIX + k: v for k, v in result["metrics"].items()}
 
 
 def run_finetune(cfg: LifecycleConfig, task: str, pretrained: StageResult | None = None,
@@ -241,71 +296,6 @@ def _cross_validate(cfg: LifecycleConfig, task: str, model_dir: Path, out: Path)
     return {f"eval/{task}/{name}": value for name, value in summary.items()}
 
 
-# How the stage starts the checkpoint evaluator (a test may start a failing one instead).
-EVALUATOR = [sys.executable, "-m", "lm_tasks.checkpoint_eval"]
-
-
-@contextmanager
-def checkpoint_evaluator(cfg: LifecycleConfig, snapshots: Path, tokens_dir: Path, run_id: str) -> Iterator[None]:
-    """An evaluator process beside the training (eval.checkpoints), its own thread budget and the
-    lowest priority. Training never waits on it or fails with it: once training has ended, what
-    the evaluator did not score (it died, was killed, or is still busy after a while) is scored
-    here, and the results are logged as `ckpt/evaluations.md` and `ckpt/curve.png`. A training
-    that fails or is interrupted stops the evaluator at once; the next attempt scores the rest."""
-    from lm_tasks import checkpoint_eval
-
-    snapshots.mkdir(parents=True, exist_ok=True)
-    (snapshots / checkpoint_eval.DONE).unlink(missing_ok=True)  # a resumed run trains again
-    threads = str(cfg.eval.checkpoints.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    command = [*EVALUATOR, "--snapshots", str(snapshots), "--tokens", str(tokens_dir), "--threads", threads,
-               "--batch-size", str(cfg.eval.batch_size)]
-    with open(snapshots / "evaluator.log", "ab") as out:  # the lowest priority: training goes first
-        evaluator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     preexec_fn=lambda: os.nice(19))
-    logged: set[int] = set()
-    trained = threading.Event()
-
-    def log_as_they_come() -> None:  # in this process, which has MLflow: the evaluator does not
-        while not trained.wait(1.0):
-            try:
-                checkpoint_eval.log_results(snapshots, run_id, logged)
-            except Exception as err:  # a tracking hiccup: what is left is logged at the end
-                log.debug("checkpoint results not logged yet: %s", err)
-
-    logger = threading.Thread(target=contextvars.copy_context().run, args=(log_as_they_come,), daemon=True)
-    logger.start()
-    try:
-        yield
-    except BaseException:
-        evaluator.kill()  # the training failed or was interrupted: end now, not after the evaluations
-        raise
-    finally:
-        trained.set()
-        logger.join()
-        (snapshots / checkpoint_eval.DONE).touch()
-        try:
-            evaluator.wait(timeout=EVALUATOR_GRACE_S)
-        except subprocess.TimeoutExpired:
-            evaluator.kill()
-            evaluator.wait()
-    if evaluator.returncode != 0:
-        log.warning("checkpoint evaluator ended with %s (log: %s); scoring what it left here",
-                    evaluator.returncode, snapshots / "evaluator.log")
-    try:
-        results = checkpoint_eval.evaluate_pending(snapshots, tokens_dir, cfg.eval.batch_size)
-        checkpoint_eval.log_results(snapshots, run_id, logged)
-    except Exception as err:  # the training's result stands without its checkpoint curve
-        log.warning("checkpoint evaluation failed (%s: %s); the pretraining result stands", type(err).__name__, err)
-        return
-    if results:
-        mlflow.log_text(checkpoint_eval.curve_markdown(results), "ckpt/evaluations.md")
-        mlflow.log_artifact(str(checkpoint_eval.plot_curve(results, snapshots / "curve.png")), "ckpt")
-
-
-EVALUATOR_GRACE_S = 600  # how long a finished training waits for the evaluator's last snapshot
-
-
 def _log_profile(out: Path) -> None:
     """The profiler's report (trainer.profiler), when one ran."""
     if (out / "profile").is_dir():
@@ -345,6 +335,8 @@ def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None
     if source is None:
         pretrained = pretrained or find(cfg, "pretrain")
         return Path(pretrained.output_dir) / "model", pretrained.digest
+    if source.startswith(BEST):
+        return _best_checkpoint(cfg, source, pretrained or find(cfg, "pretrain"))
     if is_hf_checkpoint(source):
         model_dir = _converted_gpt2(cfg, source)
     elif Path(source).is_dir():
@@ -359,6 +351,31 @@ def pretrained_model(cfg: LifecycleConfig, pretrained: StageResult | None = None
                 f"hf:<hub id>) nor an MLflow run with a 'model' artifact in {cfg.tracking.tracking_uri}: {err}"
             ) from err
     return model_dir, file_digest(model_dir / "model.safetensors")
+
+
+BEST = "best:"  # init_from=best:<metric>[:min|max], a checkpoint of this lifecycle's pretraining
+
+
+def _best_checkpoint(cfg: LifecycleConfig, source: str, pretrained: StageResult) -> tuple[Path, str]:
+    """The snapshot of this lifecycle's pretraining whose checkpoint evaluation was best on a
+    metric (eval.checkpoints), e.g. best:ckpt/bpb or best:ckpt/probe_sentiment_accuracy; the
+    direction is `min` for losses, `max` for accuracies and scores, or given as a suffix."""
+    from lm_tasks import checkpoint_eval
+
+    metric, _, mode = source.removeprefix(BEST).partition(":")
+    mode = mode or checkpoint_eval.direction(metric)
+    if mode not in ("min", "max"):
+        raise ValueError(f"init_from={source!r}: the direction after the metric is min or max, not {mode!r}")
+    tracking.configure(cfg.tracking)
+    listed = checkpoint_eval.listing(Path(pretrained.output_dir))
+    best = checkpoint_eval.best_checkpoint(pretrained.run_id, listed, metric, mode)
+    entry = StageCache(cfg.cache).lookup(checkpoint_eval.SNAPSHOT_STAGE, best["digest"])
+    if entry is None or file_digest(entry.path / "model.safetensors") != best["digest"]:
+        raise FileNotFoundError(f"init_from={source!r}: the checkpoint of step {best['step']} ({best['digest'][:12]}) "
+                                f"is not in the cache ({cfg.cache.store}) or not intact: run the pretraining again "
+                                "with eval.checkpoints.enabled=true (cache.refresh=pretrain)")
+    log.info("finetune: from the checkpoint of step %d, best on %s (%s %.4f)", best["step"], metric, mode, best["value"])
+    return entry.path, best["digest"]
 
 
 def _converted_gpt2(cfg: LifecycleConfig, source: str) -> Path:

@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,7 +224,7 @@ def logged_steps(run_id: str) -> set[int]:
     return {m.step for m in MlflowClient().get_metric_history(run_id, PREFIX + "bpb")}
 
 
-def log_curve(run_id: str, scratch: Path) -> int:
+def log_curve(run_id: str) -> int:
     """`ckpt/evaluations.md` and `ckpt/curve.png` from every checkpoint evaluation logged in
     the run so far (whichever evaluator made them); how many there are."""
     from mlflow.tracking import MlflowClient
@@ -241,9 +242,9 @@ def log_curve(run_id: str, scratch: Path) -> int:
     lines += ["", f"Best held-out bits per byte: {history['bpb'][best]:.4f} at step {best}. Sample generations "
                   f"of each checkpoint: `{PREFIX}samples/`."]
     client.log_text(run_id, "\n".join(lines) + "\n", f"{PREFIX}evaluations.md")
-    scratch.mkdir(parents=True, exist_ok=True)
-    client.log_artifact(run_id, str(plot_curve(steps, [history["bpb"][s] for s in steps], scratch / "curve.png")),
-                        PREFIX.rstrip("/"))
+    with tempfile.TemporaryDirectory() as scratch:
+        curve = plot_curve(steps, [history["bpb"][s] for s in steps], Path(scratch) / "curve.png")
+        client.log_artifact(run_id, str(curve), PREFIX.rstrip("/"))
     return len(steps)
 
 
@@ -311,8 +312,7 @@ def listing(pretrain_dir: Path) -> list[dict]:
     return checked
 
 
-def catch_up(cache, listed: list[dict], tokens_dir: Path, tokens_digest: str, settings: Settings, run_id: str,
-             scratch: Path) -> int:
+def catch_up(cache, listed: list[dict], tokens_dir: Path, tokens_digest: str, settings: Settings, run_id: str) -> int:
     """Log into the run the evaluations of the listed snapshots it lacks, scoring those no
     evaluator scored; redraw the curve; how many were scored here. A snapshot gone from the
     cache is skipped with a warning."""
@@ -332,7 +332,7 @@ def catch_up(cache, listed: list[dict], tokens_dir: Path, tokens_digest: str, se
         log_result(run_id, {**result, "step": step})
         done.add(step)
     if listed:
-        log_curve(run_id, scratch)
+        log_curve(run_id)
     return computed
 
 

@@ -105,13 +105,10 @@ def beside_training(cfg, staging: Path, tokens, pretrain_key: str, run_id: str, 
         return
     try:
         listed = checkpoint_eval.listing(out)
-        caught_up = checkpoint_eval.catch_up(cache, listed, tokens_dir, tokens.digest, settings, run_id,
-                                             out / ".scratch")
+        caught_up = checkpoint_eval.catch_up(cache, listed, tokens_dir, tokens.digest, settings, run_id)
     except Exception as err:  # the training's result stands without its checkpoint curve
         log.warning("checkpoint evaluation failed (%s: %s); the pretraining result stands", type(err).__name__, err)
         return
-    finally:
-        shutil.rmtree(out / ".scratch", ignore_errors=True)
     log.info("pretrain: %d checkpoint(s) evaluated (%d after training, here)", len(listed), caught_up)
 
 

@@ -209,15 +209,12 @@ def _catch_up_checkpoints(cfg: LifecycleConfig, pretrained: StageResult, tokens:
     if not listed:
         return
     tracking.configure(cfg.tracking)
-    scratch = local_root(cfg.cache) / ".snapshots" / f"catch-up-{os.getpid()}"
     try:
         scored = checkpoint_eval.catch_up(StageCache(cfg.cache), listed, Path(tokens.output_dir), tokens.digest,
-                                          checkpoint_eval.Settings.of(cfg), pretrained.run_id, scratch)
+                                          checkpoint_eval.Settings.of(cfg), pretrained.run_id)
     except Exception as err:  # the cached result stands without its curve
         log.warning("checkpoint catch-up failed (%s: %s)", type(err).__name__, err)
         return
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     if scored:
         log.info("pretrain: caught up %d checkpoint evaluation(s) of run %s", scored, pretrained.run_id)
 
@@ -243,11 +240,7 @@ def run_checkpoint_evaluation(cfg: LifecycleConfig, run_id: str, step: int, dige
                                                  checkpoint_eval.Settings.of(cfg))
     tracking.configure(cfg.tracking)
     checkpoint_eval.log_result(run_id, {**result, "step": int(step)})
-    scratch = local_root(cfg.cache) / ".snapshots" / f"curve-{os.getpid()}"
-    try:
-        checkpoint_eval.log_curve(run_id, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    checkpoint_eval.log_curve(run_id)
     return {checkpoint_eval.PREFIX + k: v for k, v in result["metrics"].items()}
 
 

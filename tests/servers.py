@@ -145,6 +145,14 @@ def api_get(api_url: str, path: str) -> dict:
         return json.loads(response.read())
 
 
+def api_post(api_url: str, path: str, body: dict) -> list | dict:
+    """A POST to the Prefect API (its /filter endpoints): the decoded answer."""
+    request = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def wait_for_health(api_url: str, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:

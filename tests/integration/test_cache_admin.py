@@ -162,3 +162,23 @@ def test_verify_finds_a_damaged_entry_and_fix_removes_it(tmp_path, capsys):
     assert code == 1 and f"corrupt: data {result.key[:12]}" in out and "report.md" in out
     code, out, _ = cache_command(["verify", "--fix", *overrides], capsys)
     assert code == 0 and "removed: data" in out and not Path(result.output_dir).exists()
+
+
+def test_gc_of_an_abandoned_pretraining_takes_its_checkpoint_snapshots_too(tmp_path):
+    cache = StageCache(load_config(["debug=smoke", f"paths.root_dir={tmp_path}"]).cache)
+    key = "ab" * 32
+    partial = cache.local / "pretrain" / f"{key}.partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "last.ckpt").write_bytes(b"x" * 100)
+    staging = cache.local / ".snapshots" / f"pretrain-{key}" / "step-0000003"
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(b"y" * 100)
+    other = cache.local / ".snapshots" / f"pretrain-{'cd' * 32}"  # another pretraining's, still running
+    other.mkdir(parents=True)
+    for path in (partial / "checkpoints" / "last.ckpt", partial / "checkpoints", partial):
+        age(path, 40)
+
+    result = collect(cache, list_entries(cache), older_than_days=30)
+    assert [(e.stage, e.key, e.partial) for e in result.removed] == [("pretrain", key, True)]
+    assert not partial.exists() and not staging.parent.exists()
+    assert other.is_dir()

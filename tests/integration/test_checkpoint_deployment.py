@@ -3,9 +3,10 @@ emits one `lm-tasks.checkpoint.saved` event per snapshot; the trigger declared i
 starts the `lm-evaluate-checkpoint` deployment for each, a process worker runs it, and the
 results land in the pretraining's MLflow run at the checkpoints' steps.
 
-The session's `prefect server` (conftest's prefect_pool), a worker of this module started away
-from the repository, outputs and MLflow store under the worker's LM_TASKS_ROOT (a temporary
-folder) for both the training and the worker, as two machines sharing a store would be.
+Two machines, as far as the cache can tell: the training and the worker share a cache store at
+a file:// URL, each with its own staging folder, so the worker reads the snapshots and the
+tokens from the store. They share the MLflow store (the session's `prefect server`, a worker
+of this module started away from the repository, everything under a temporary folder).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from lm_tasks.checkpoint_eval import EVENT, listing
 from lm_tasks.config import load_config
 from lm_tasks.stages import find, run_data, run_tokenizer
-from tests.servers import REPO, Background, api_get, cli, isolated_env, start_worker
+from tests.servers import REPO, Background, api_get, api_post, cli, isolated_env, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +33,9 @@ PRETRAIN = ["debug=smoke", "eval.checkpoints.enabled=true", "eval.checkpoints.ev
             "trainer.max_steps=9", "trainer.checkpoint_every_n_steps=3"]
 
 
-def api_post(api_url: str, path: str, body: dict) -> list | dict:
-    request = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+def machine(root: Path, name: str) -> list[str]:
+    """The overrides of one machine: the shared store, a staging folder of its own."""
+    return [f"cache.store=file://{root}/shared-cache", f"cache.staging_dir={root}/{name}-staging"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,9 @@ def evaluation_worker(tmp_path_factory, prefect_pool):
     background = Background(tmp_path)
     try:
         start_worker(background, tmp_path, env)
-        cli(["deploy", "--name", "lm-evaluate-checkpoint"], {**env, "PWD": str(REPO)}, cwd=REPO)
+        worker_overrides = json.dumps({"overrides": machine(Path(env["LM_TASKS_ROOT"]), "worker")})
+        cli(["deploy", "--name", "lm-evaluate-checkpoint", "--params", worker_overrides],
+            {**env, "PWD": str(REPO)}, cwd=REPO)
         yield env, background
     finally:
         deployment = api_get(prefect_pool, f"/deployments/name/{DEPLOYMENT}")
@@ -65,9 +66,10 @@ def test_each_checkpoint_event_starts_an_evaluation_on_a_worker(evaluation_worke
     deployment = api_get(api_url, f"/deployments/name/{DEPLOYMENT}")
     assert deployment["entrypoint"] == "flows.evaluate_checkpoint:evaluate_checkpoint_flow"
 
-    cfg = load_config([*PRETRAIN, f"paths.root_dir={root}"])
+    trainer = [*PRETRAIN, *machine(root, "trainer")]
+    cfg = load_config([*trainer, f"paths.root_dir={root}"])
     run_tokenizer(cfg, run_data(cfg))  # the inputs, in the store the worker reads
-    training = subprocess.run([sys.executable, "-m", "flows.pretrain", *PRETRAIN], cwd=REPO, env=env,
+    training = subprocess.run([sys.executable, "-m", "flows.pretrain", *trainer], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
     assert training.returncode == 0, training.stdout[-3000:] + training.stderr[-3000:]
     pretrained = find(cfg, "pretrain")
@@ -98,6 +100,11 @@ def test_each_checkpoint_event_starts_an_evaluation_on_a_worker(evaluation_worke
 
     artifacts = {a.path for a in client.list_artifacts(pretrained.run_id, "ckpt")}
     assert {"ckpt/curve.png", "ckpt/evaluations.md", "ckpt/samples"} <= artifacts
+    fetched = root / "worker-staging"  # the worker's machine got the snapshots and tokens from the store
+    assert sorted(p.parent.name for p in (fetched / "snapshot").glob("*/stage.json")) == \
+        sorted(item["digest"] for item in listed)
+    assert (fetched / "tokenizer").is_dir() and len(list((fetched / "ckpt-eval").glob("*/evaluation.json"))) == 3
+    assert len(list((root / "shared-cache" / "ckpt-eval").glob("*/stage.json"))) == 3  # and shared its evaluations
     assert client.get_run(pretrained.run_id).info.status == "FINISHED"
 
 

@@ -18,7 +18,8 @@ from lm_tasks import checkpoint_eval, checkpoint_publisher
 from lm_tasks.cache import StageCache
 from lm_tasks.checkpoint_eval import EVAL_STAGE, SNAPSHOT_STAGE, Settings, cached_evaluation, listing
 from lm_tasks.config import load_config
-from lm_tasks.stages import run_checkpoint_evaluation, run_data, run_finetune, run_pretrain, run_tokenizer
+from lm_tasks.stages import find, run_checkpoint_evaluation, run_data, run_finetune, run_pretrain, run_tokenizer
+from tests.servers import api_post
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +155,28 @@ def test_finetuning_starts_from_the_checkpoint_best_on_a_chosen_metric(smoke_ove
 
     with pytest.raises(LookupError, match="no checkpoint of pretraining run .* has an evaluation of 'ckpt/nope'"):
         run_finetune(load_config([*overrides, "init_from=best:ckpt/nope"]), "classification", result)
+
+
+def test_the_lifecycle_flow_emits_a_prefect_event_per_checkpoint(prefect_harness, prefect_api, smoke_overrides):
+    """Under Prefect, each published snapshot is a `lm-tasks.checkpoint.saved` event about the
+    pretraining's MLflow run; the local evaluator scores the same snapshots."""
+    from flows.lifecycle import lifecycle
+
+    overrides = [*smoke_overrides, *EVERY_3_OF_9, "finetune=none"]
+    lifecycle(overrides=overrides)
+    cfg = load_config(overrides)
+    pretrained = find(cfg, "pretrain")
+    listed = listing(Path(pretrained.output_dir))
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    assert steps_logged(MlflowClient(), pretrained.run_id) == [3, 6, 9]
+
+    events = api_post(prefect_api["PREFECT_API_URL"], "/events/filter",
+                      {"filter": {"event": {"name": [checkpoint_eval.EVENT]},
+                                  "resource": {"id": [f"mlflow.run.{pretrained.run_id}"]}}, "limit": 50})["events"]
+    assert sorted((e["payload"]["step"], e["payload"]["digest"]) for e in events) == \
+        [(item["step"], item["digest"]) for item in listed]
+    for event in events:
+        assert event["resource"]["lm-tasks.evaluator"] == "local"
+        assert event["payload"]["run_id"] == pretrained.run_id and event["payload"]["tokens_key"]
+        assert Path(event["payload"]["path"]).name == event["payload"]["digest"]  # the snapshot's cache entry
+        assert any(r["prefect.resource.id"].startswith("prefect.flow-run.") for r in event["related"])

@@ -115,13 +115,15 @@ def cached_evaluation(cache, digest: str, tokens_digest: str, settings: Settings
     entry = cache.lookup(EVAL_STAGE, evaluation_key(digest, tokens_digest, settings))
     if entry is None:
         return None
-    try:
+    try:  # a shared store's entry is not trusted: only numbers and texts come out of it
         result = json.loads((entry.path / RESULT).read_text())
-        float(result["metrics"]["bpb"])
-    except (OSError, ValueError, KeyError, TypeError) as err:  # a verified entry, but not one we wrote
+        metrics = {str(name): float(value) for name, value in result["metrics"].items()}
+        samples = [{"prompt": str(s["prompt"]), "completion": str(s["completion"])} for s in result["samples"]]
+        step, metrics["bpb"] = int(result["step"]), metrics["bpb"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         log.warning("checkpoint evaluation %s is unreadable (%s); scoring again", entry.path, err)
         return None
-    return result
+    return {"step": step, "digest": digest, "metrics": metrics, "samples": samples}
 
 
 def evaluate_checkpoint(cache, weights_dir: Path, digest: str, step: int, tokens_dir: Path, tokens_digest: str,

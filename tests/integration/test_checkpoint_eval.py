@@ -4,6 +4,7 @@ that dies never fails the training, and what no evaluator scored is caught up by
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -112,7 +113,7 @@ def test_checkpoints_no_evaluator_scored_are_caught_up_by_the_next_run(smoke_ove
         run_checkpoint_evaluation(cfg, result.run_id, 3, "0" * 64, tokens.key)
 
 
-def test_a_snapshot_whose_weights_do_not_match_its_digest_is_refused(smoke_overrides):
+def test_snapshots_and_evaluations_from_the_store_are_checked_before_use(smoke_overrides):
     cfg, tokens, result, client = pretrained([*smoke_overrides, *EVERY_3_OF_9])
     cache = StageCache(cfg.cache)
     first, second = listing(Path(result.output_dir))[:2]
@@ -121,6 +122,20 @@ def test_a_snapshot_whose_weights_do_not_match_its_digest_is_refused(smoke_overr
         checkpoint_eval.evaluate_checkpoint(cache, folder, first["digest"], 3, Path(tokens.output_dir),
                                             tokens.digest, Settings(prompts=["x"], seed=1))
     assert not list((cache.local / EVAL_STAGE).glob("*.partial"))  # nothing half-written left
+
+    # A planted evaluation (a well-formed entry whose numbers are not numbers) is scored again.
+    settings = Settings.of(cfg)
+    key = checkpoint_eval.evaluation_key(first["digest"], tokens.digest, settings)
+    with cache.claim(EVAL_STAGE, key) as work:
+        (work / checkpoint_eval.RESULT).write_text(json.dumps({"step": 3, "metrics": {"bpb": "<b>1</b>"},
+                                                               "samples": []}))
+        cache.commit(EVAL_STAGE, key, work, {"stage": EVAL_STAGE, "digest": first["digest"]})
+    assert cached_evaluation(cache, first["digest"], tokens.digest, settings) is None
+    snapshot = cache.lookup(SNAPSHOT_STAGE, first["digest"]).path
+    again = checkpoint_eval.evaluate_checkpoint(cache, snapshot, first["digest"], 3, Path(tokens.output_dir),
+                                                tokens.digest, settings)
+    assert 0 < again["metrics"]["bpb"] < 20
+    assert cached_evaluation(cache, first["digest"], tokens.digest, settings)["metrics"] == again["metrics"]
 
 
 def test_a_failing_training_stops_the_evaluator_at_once(smoke_overrides, monkeypatch, tmp_path):
@@ -170,9 +185,12 @@ def test_the_lifecycle_flow_emits_a_prefect_event_per_checkpoint(prefect_harness
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     assert steps_logged(MlflowClient(), pretrained.run_id) == [3, 6, 9]
 
-    events = api_post(prefect_api["PREFECT_API_URL"], "/events/filter",
-                      {"filter": {"event": {"name": [checkpoint_eval.EVENT]},
-                                  "resource": {"id": [f"mlflow.run.{pretrained.run_id}"]}}, "limit": 50})["events"]
+    query = {"filter": {"event": {"name": [checkpoint_eval.EVENT]},
+                        "resource": {"id": [f"mlflow.run.{pretrained.run_id}"]}}, "limit": 50}
+    deadline = time.monotonic() + 60  # events are sent by Prefect's background worker, then stored
+    while len(events := api_post(prefect_api["PREFECT_API_URL"], "/events/filter", query)["events"]) < 3 \
+            and time.monotonic() < deadline:
+        time.sleep(1)
     assert sorted((e["payload"]["step"], e["payload"]["digest"]) for e in events) == \
         [(item["step"], item["digest"]) for item in listed]
     for event in events:
